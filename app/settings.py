@@ -1,0 +1,30 @@
+"""The one settings object, read from the environment; defaults point at the local stack."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob the processes read. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    schema_registry_url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
+    write_db_url: str = "postgresql://cqrs:cqrs@127.0.0.1:5432/cqrs"
+    mongo_url: str = "mongodb://127.0.0.1:27017/"
+    mongo_database: str = "cqrs_read"
+    elasticsearch_url: str = "http://127.0.0.1:9200"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+    connect_timeout_s: float = Field(3.0, gt=0, le=60, description="Fail-fast bound for reaching any service.")
+    topic_partitions: int = Field(6, ge=1, le=1024)
+    topic_replication_factor: int = Field(1, ge=1, le=5)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,86 @@
+"""Kafka clients (confluent-kafka) and topic administration."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from app.settings import Settings
+from connectors import ServiceInfo, ServiceUnavailable
+
+SERVICE = "kafka"
+_quiet = logging.getLogger("librdkafka")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+def base_config(settings: Settings) -> dict[str, Any]:
+    """Client settings every Kafka client shares; librdkafka's own logging goes to a quiet logger."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "socket.connection.setup.timeout.ms": int(settings.connect_timeout_s * 1000),
+        "logger": _quiet,
+    }
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient(base_config(settings))
+
+
+def check(settings: Settings) -> ServiceInfo:
+    """Ask the cluster for its metadata within the connect timeout, or raise ServiceUnavailable."""
+    try:
+        meta = admin_client(settings).list_topics(timeout=settings.connect_timeout_s)
+    except KafkaException as exc:
+        raise ServiceUnavailable(SERVICE, settings.kafka_bootstrap_servers, exc.args[0].str()) from None
+    if not meta.brokers:
+        raise ServiceUnavailable(SERVICE, settings.kafka_bootstrap_servers, "no brokers in metadata")
+    return ServiceInfo(SERVICE, settings.kafka_bootstrap_servers, f"{len(meta.brokers)} broker(s)")
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication_factor: int = 1
+    config: tuple[tuple[str, str], ...] = ()
+
+
+def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], timeout: float = 30.0) -> list[str]:
+    """Create missing topics with explicit partition counts; returns the names created. Existing ones are kept."""
+    admin = admin_client(settings)
+    existing = set(admin.list_topics(timeout=settings.connect_timeout_s).topics)
+    wanted = [s for s in specs if s.name not in existing]
+    if not wanted:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=s.replication_factor,
+                  config=dict(s.config)) for s in wanted],
+        operation_timeout=timeout, request_timeout=timeout,
+    )
+    created = []
+    for name, fut in futures.items():
+        try:
+            fut.result(timeout=timeout)
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+    return created
+
+
+def delete_topics(settings: Settings, names: Iterable[str], timeout: float = 30.0) -> None:
+    names = list(names)
+    if not names:
+        return
+    admin = admin_client(settings)
+    for fut in admin.delete_topics(names, operation_timeout=timeout).values():
+        try:
+            fut.result(timeout=timeout)
+        except KafkaException as exc:
+            if exc.args[0].name() != "UNKNOWN_TOPIC_OR_PART":
+                raise

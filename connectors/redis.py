@@ -1,0 +1,33 @@
+"""Redis (live dashboard, query cache) through redis-py."""
+from __future__ import annotations
+
+import redis
+import redis.asyncio
+
+from app.settings import Settings
+from connectors import ServiceInfo, ServiceUnavailable
+
+SERVICE = "redis"
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.connect_timeout_s,
+                                socket_timeout=max(settings.connect_timeout_s, 10.0), decode_responses=True)
+
+
+def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
+    return redis.asyncio.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.connect_timeout_s,
+                                        socket_timeout=max(settings.connect_timeout_s, 10.0),
+                                        decode_responses=True)
+
+
+def check(settings: Settings) -> ServiceInfo:
+    client = redis_client(settings)
+    try:
+        client.ping()
+        version = client.info("server")["redis_version"]
+    except redis.RedisError as exc:
+        raise ServiceUnavailable(SERVICE, settings.redis_url, str(exc)) from None
+    finally:
+        client.close()
+    return ServiceInfo(SERVICE, settings.redis_url, version)
