@@ -32,10 +32,38 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from app.migrate import migrate
+
+    print(f"write model at revision {migrate(get_settings())}")
+    return 0
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from app.setup import setup_all
+
+    for what, result in setup_all(get_settings()).items():
+        print(f"{what}: {result}")
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("app.commands.api:create_app", factory=True, host=args.host, port=args.port,
+                log_level=args.log_level, access_log=False, loop="uvloop", http="httptools")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "check": (cmd_check, "check that every configured service answers"),
     "smoke": (cmd_smoke, "write and read back through every service, printing each step"),
+    "migrate": (cmd_migrate, "apply the write-model migrations"),
+    "setup": (cmd_setup, "migrate, create the event topics and register their schemas"),
+    "gateway": (cmd_gateway, "run the HTTP command gateway (with the outbox relay)"),
 }
+
+SERVER_DEFAULTS = {"gateway": 8000, "query-api": 8001}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=fn)
+        if name in SERVER_DEFAULTS:
+            p.add_argument("--host", default="127.0.0.1")
+            p.add_argument("--port", type=int, default=SERVER_DEFAULTS[name])
+            p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     return parser
 
 

@@ -24,6 +24,19 @@ class Settings(BaseSettings):
     topic_partitions: int = Field(6, ge=1, le=1024)
     topic_replication_factor: int = Field(1, ge=1, le=5)
 
+    api_tokens: str = Field("dev-token", description="Comma-separated bearer tokens the command gateway accepts.")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    db_pool_min: int = Field(2, ge=1, le=100)
+    db_pool_max: int = Field(20, ge=1, le=200)
+    outbox_relay_enabled: bool = True
+    outbox_linger_ms: int = Field(1, ge=0, le=1000)
+    outbox_poll_interval_s: float = Field(1.0, gt=0, le=60)
+    idempotency_retention_hours: int = Field(24, ge=1, le=24 * 30)
+
+    @property
+    def api_token_set(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.api_tokens.split(",") if t.strip())
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

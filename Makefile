@@ -1,0 +1,46 @@
+# Entry points named in the README. Every target installs what it needs first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STACK := deploy/local/stack
+PYTEST_ARGS ?=
+
+.PHONY: help venv stack-up stack-down stack-status stack-logs demo smoke test test-unit clean
+
+help:
+	@echo "make demo         bring the local stack up and run the main job"
+	@echo "make test         bring the local stack up (if needed) and run every test"
+	@echo "make test-unit    pure unit tests, no services"
+	@echo "make stack-up | stack-down | stack-status | stack-logs"
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
+	touch $@
+
+stack-up:
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+stack-status:
+	$(STACK) status
+
+stack-logs:
+	$(STACK) logs
+
+demo: venv stack-up
+	$(BIN)/cqrs smoke
+
+test: venv stack-up
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

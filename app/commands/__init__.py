@@ -1,0 +1,1 @@
+"""The command side: HTTP gateway, command handlers, write-model store and the outbox relay."""

@@ -1,0 +1,175 @@
+"""Transactional-outbox relay: publishes committed events to Kafka, then marks them published.
+
+Guarantees:
+- An event is published iff its command committed (it is only ever read from committed outbox rows).
+- At-least-once: rows are marked published only after the broker acknowledged them; a crash between
+  ack and mark republishes them (consumers deduplicate by event_id).
+- Per-aggregate order: rows are published in id order (one aggregate's rows are in commit order)
+  through an idempotent producer keyed by aggregate id; only one relay is active at a time, elected
+  with a PostgreSQL advisory lock, so several gateway processes never publish concurrently.
+- Wakes on LISTEN/NOTIFY at commit; a short bounded poll covers missed notifications.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import psycopg
+from confluent_kafka import KafkaError, Message, Producer
+from prometheus_client import Counter, Gauge, Histogram
+
+from app.settings import Settings
+from connectors import kafka
+
+log = logging.getLogger("cqrs.relay")
+
+RELAY_LOCK_KEY = 0x0C9A5_0B0C  # one advisory lock per write-model database
+PUBLISH_LAG = Histogram("outbox_publish_lag_seconds", "Commit (outbox insert) to broker acknowledgment",
+                        buckets=(0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+PUBLISHED = Counter("outbox_events_published_total", "Events acknowledged by the broker", ["topic"])
+PUBLISH_ERRORS = Counter("outbox_publish_errors_total", "Events the broker did not acknowledge", ["topic"])
+BACKLOG = Gauge("outbox_backlog", "Committed events not yet acknowledged by the broker")
+LEADER = Gauge("outbox_relay_leader", "1 while this process holds the relay lock")
+
+
+@dataclass
+class _Row:
+    id: int
+    topic: str
+    key: str
+    payload: bytes
+    headers: dict
+    created_at: datetime
+    acked_at: datetime | None = None
+    error: KafkaError | None = None
+
+
+def producer_config(settings: Settings) -> dict:
+    return {
+        **kafka.base_config(settings),
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": settings.outbox_linger_ms,
+        "compression.type": "lz4",
+        "partitioner": "murmur2_random",  # the Java client's default: every producer agrees on key -> partition
+        "delivery.timeout.ms": 30_000,
+    }
+
+
+class OutboxRelay:
+    def __init__(self, settings: Settings, batch_size: int = 1000) -> None:
+        self.settings = settings
+        self.batch_size = batch_size
+        self.producer = Producer(producer_config(settings))
+        self._stopping = asyncio.Event()
+        self.is_leader = False
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Contend for leadership forever; publish while leader. Errors back off (bounded) and retry."""
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                await self._lead()
+                backoff = 0.5
+            except (psycopg.Error, OSError) as exc:
+                log.warning("outbox relay: %s; retrying in %.1fs", str(exc).splitlines()[0], backoff)
+            finally:
+                self.is_leader = False
+                LEADER.set(0)
+            await self._sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+        await asyncio.to_thread(self.producer.flush, 10)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _lead(self) -> None:
+        async with await psycopg.AsyncConnection.connect(
+                self.settings.write_db_url, autocommit=True,
+                connect_timeout=max(1, int(self.settings.connect_timeout_s))) as conn:
+            while not self._stopping.is_set():
+                got = (await (await conn.execute("select pg_try_advisory_lock(%s)", (RELAY_LOCK_KEY,))).fetchone())[0]
+                if got:
+                    break
+                await self._sleep(1.0)
+            else:
+                return
+            self.is_leader = True
+            LEADER.set(1)
+            await conn.execute("listen outbox")
+            notifies = conn.notifies(timeout=self.settings.outbox_poll_interval_s)
+            last_backlog = 0.0
+            while not self._stopping.is_set():
+                while await self.publish_batch(conn) == self.batch_size:
+                    pass
+                if time.monotonic() - last_backlog > 5:
+                    BACKLOG.set((await (await conn.execute(
+                        "select count(*) from outbox where published_at is null")).fetchone())[0])
+                    last_backlog = time.monotonic()
+                async for _ in notifies:
+                    break
+                notifies = conn.notifies(timeout=self.settings.outbox_poll_interval_s)
+
+    async def publish_batch(self, conn: psycopg.AsyncConnection) -> int:
+        """Publish up to batch_size unpublished rows in id order; returns how many were read."""
+        cur = await conn.execute(
+            "select id, topic, aggregate_id, payload, headers, created_at from outbox "
+            "where published_at is null order by id limit %s", (self.batch_size,))
+        rows = [_Row(*r) for r in await cur.fetchall()]
+        if not rows:
+            return 0
+        for row in rows:
+            self._produce(row)
+        remaining = await asyncio.to_thread(self.producer.flush, 30)
+        acked = self._acked_in_order(rows)
+        if acked:
+            await conn.execute(
+                "update outbox o set published_at = v.acked_at from (select unnest(%s::bigint[]) as id, "
+                "unnest(%s::timestamptz[]) as acked_at) v where o.id = v.id",
+                ([r.id for r in acked], [r.acked_at for r in acked]))
+            for r in acked:
+                PUBLISH_LAG.observe(max(0.0, (r.acked_at - r.created_at).total_seconds()))
+                PUBLISHED.labels(r.topic).inc()
+        if len(acked) < len(rows):
+            failed = next(r for r in rows if r.acked_at is None)
+            raise OSError(f"broker did not acknowledge outbox row {failed.id}: "
+                          f"{failed.error or f'{remaining} still in flight'}")
+        return len(rows)
+
+    def _produce(self, row: _Row) -> None:
+        def on_delivery(err: KafkaError | None, _msg: Message, row: _Row = row) -> None:
+            if err is None:
+                row.acked_at = datetime.now(timezone.utc)
+            else:
+                row.error = err
+                PUBLISH_ERRORS.labels(row.topic).inc()
+
+        headers = [(k, str(v).encode()) for k, v in row.headers.items()]
+        while True:
+            try:
+                self.producer.produce(row.topic, key=row.key.encode(), value=bytes(row.payload), headers=headers,
+                                      on_delivery=on_delivery)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+
+    @staticmethod
+    def _acked_in_order(rows: list[_Row]) -> list[_Row]:
+        """Rows safe to mark: acknowledged, and not after an unacknowledged row of the same aggregate."""
+        blocked: set[tuple[str, str]] = set()
+        acked = []
+        for r in rows:
+            if r.acked_at is None or (r.topic, r.key) in blocked:
+                blocked.add((r.topic, r.key))
+            else:
+                acked.append(r)
+        return acked

@@ -1,0 +1,34 @@
+"""Apply the write-model migrations (Alembic) — idempotent; safe to run on every start."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+
+from app.settings import Settings
+from connectors import postgres
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config(settings: Settings) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(settings.write_db_url))
+    return cfg
+
+
+def sqlalchemy_url(url: str) -> str:
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def migrate(settings: Settings) -> str:
+    """Upgrade to the newest revision; returns it. Fails fast if PostgreSQL is unreachable."""
+    postgres.check(settings)
+    command.upgrade(alembic_config(settings), "head")
+    with postgres.connect(settings) as conn:
+        return conn.execute("select version_num from alembic_version").fetchone()[0]

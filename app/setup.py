@@ -1,0 +1,31 @@
+"""Everything the pipeline needs before it runs: write-model schema, topics, registered event schemas.
+Each step is idempotent, so every process may run it at start."""
+from __future__ import annotations
+
+from app.settings import Settings
+from connectors import kafka, registry
+from schemas import TOPICS
+from schemas.codec import EventCodec, register_codecs
+
+EVENT_TOPIC_CONFIG = (("cleanup.policy", "delete"), ("retention.ms", str(30 * 24 * 3600 * 1000)))
+
+
+def event_topic_specs(settings: Settings) -> list[kafka.TopicSpec]:
+    """The event topics, with explicit partition counts; retention keeps 30 days for rebuilds."""
+    return [kafka.TopicSpec(t, settings.topic_partitions, settings.topic_replication_factor, EVENT_TOPIC_CONFIG)
+            for t in TOPICS]
+
+
+def prepare_event_codecs(settings: Settings) -> dict[str, EventCodec]:
+    kafka.ensure_topics(settings, event_topic_specs(settings))
+    return register_codecs(registry.registry_client(settings), TOPICS)
+
+
+def setup_all(settings: Settings) -> dict[str, str]:
+    from app.migrate import migrate
+
+    revision = migrate(settings)
+    codecs = prepare_event_codecs(settings)
+    return {"write model": f"migrated to revision {revision}",
+            **{f"topic {t}": f"{settings.topic_partitions} partitions, schema id {c.schema_id}"
+               for t, c in codecs.items()}}

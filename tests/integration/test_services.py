@@ -1,0 +1,88 @@
+"""Each external system answers its real protocol: the operations the pipeline relies on."""
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import psycopg
+import pytest
+from pymongo import ReplaceOne
+
+from connectors import elasticsearch, mongo, postgres, redis
+
+
+def test_postgres_rolled_back_transaction_leaves_nothing(stack):
+    table = f"rollback_probe_{uuid.uuid4().hex[:8]}"
+    with postgres.connect(stack) as conn:
+        conn.execute(f"create table {table} (id text primary key, amount numeric not null)")
+        conn.commit()
+        try:
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                with conn.transaction():
+                    conn.execute(f"insert into {table} values ('a', 1.10)")
+                    conn.execute(f"insert into {table} values ('b', 2.20)")
+                    conn.execute(f"insert into {table} values ('a', 3.30)")
+            assert conn.execute(f"select count(*) from {table}").fetchone()[0] == 0
+            with conn.transaction():
+                conn.execute(f"insert into {table} values ('c', 79.99)")
+            assert conn.execute(f"select amount from {table}").fetchall() == [(Decimal("79.99"),)]
+        finally:
+            conn.execute(f"drop table {table}")
+            conn.commit()
+
+
+def test_redis_pipeline_applies_all_commands_in_order(stack):
+    client = redis.redis_client(stack)
+    key = f"probe:{uuid.uuid4().hex}"
+    with client.pipeline(transaction=True) as pipe:
+        for i in range(1, 101):
+            pipe.incrby(key, i)
+        pipe.expire(key, 60)
+        results = pipe.execute()
+    assert results[99] == 5050
+    assert client.get(key) == "5050"
+    assert 0 < client.ttl(key) <= 60
+    client.delete(key)
+
+
+def test_mongo_upsert_read_back_and_unordered_bulk_upserts(stack):
+    client = mongo.mongo_client(stack)
+    coll = mongo.read_database(stack, client)[f"probe_{uuid.uuid4().hex[:8]}"]
+    try:
+        coll.replace_one({"_id": "O1"}, {"_id": "O1", "status": "pending", "total": 79.99}, upsert=True)
+        coll.replace_one({"_id": "O1"}, {"_id": "O1", "status": "shipped", "total": 79.99}, upsert=True)
+        assert coll.find_one({"_id": "O1"}) == {"_id": "O1", "status": "shipped", "total": 79.99}
+
+        ops = [ReplaceOne({"_id": f"P{i}"}, {"_id": f"P{i}", "n": i}, upsert=True) for i in range(500)]
+        first = coll.bulk_write(ops, ordered=False)
+        assert first.upserted_count == 500
+        again = coll.bulk_write([ReplaceOne({"_id": f"P{i}"}, {"_id": f"P{i}", "n": i * 2}, upsert=True)
+                                 for i in range(500)], ordered=False)
+        assert again.upserted_count == 0 and again.matched_count == 500
+        assert coll.count_documents({}) == 501
+        assert coll.find_one({"_id": "P250"})["n"] == 500
+    finally:
+        coll.drop()
+        client.close()
+
+
+def test_elasticsearch_match_with_range_filter(stack):
+    client = elasticsearch.es_client(stack)
+    index = f"probe-{uuid.uuid4().hex[:8]}"
+    client.indices.create(index=index, mappings={"properties": {
+        "name": {"type": "text"}, "category": {"type": "keyword"}, "price": {"type": "scaled_float",
+                                                                             "scaling_factor": 100}}})
+    try:
+        docs = {"P200": ("Wireless Headphones", 79.99), "P150": ("Bluetooth Wireless Earbuds", 59.99),
+                "P300": ("Wireless Studio Headphones", 349.00), "P400": ("Wired Desk Lamp", 19.99)}
+        for pid, (name, price) in docs.items():
+            client.index(index=index, id=pid, document={"name": name, "category": "Electronics", "price": price})
+        client.indices.refresh(index=index)
+        resp = client.search(index=index, query={"bool": {
+            "must": [{"match": {"name": "wireless headphones"}}],
+            "filter": [{"term": {"category": "Electronics"}}, {"range": {"price": {"lte": 100}}}]}})
+        ids = [h["_id"] for h in resp["hits"]["hits"]]
+        assert ids[0] == "P200"
+        assert set(ids) == {"P200", "P150"}
+    finally:
+        client.indices.delete(index=index)
