@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STACK := deploy/local/stack
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack-up stack-down stack-status stack-logs demo smoke test test-unit clean
+.PHONY: help venv stack-up stack-down stack-status stack-logs demo test test-unit bench-commands clean
 
 help:
 	@echo "make demo         bring the local stack up and run the main job"
@@ -44,3 +44,6 @@ test-unit: venv
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+bench-commands: venv stack-up
+	$(BIN)/python -m benchmarks.commands

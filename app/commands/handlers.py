@@ -14,12 +14,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.errors import UniqueViolation
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from app.commands import store
 from domain import customers, orders, products
-from domain.errors import InvalidCommand, NotFound, VersionConflict
+from domain.errors import InvalidCommand, NotFound, RuleViolation, VersionConflict
 from domain.events import DomainEvent
 from schemas.codec import EventCodec
 
@@ -85,19 +86,25 @@ class CommandHandlers:
     async def _execute(self, ctx: CommandContext,
                        decide: Callable[[AsyncConnection], Awaitable[tuple[CommandResult, list[DomainEvent]]]]
                        ) -> CommandResult:
-        async with self.pool.connection() as conn:
-            async with conn.transaction():
-                if ctx.idempotency_key:
-                    earlier = await _claim_idempotency_key(conn, ctx)
-                    if earlier is not None:
-                        return earlier
-                result, events = await decide(conn)
-                await store.append_outbox(conn, self._outbox_rows(events, ctx))
-                if ctx.idempotency_key:
-                    await conn.execute(
-                        "update idempotency_keys set status_code = %s, response = %s where key = %s",
-                        (result.status_code, Jsonb(result.body), ctx.idempotency_key))
-            return result
+        try:
+            async with self.pool.connection() as conn, conn.pipeline():
+                async with conn.transaction():
+                    if ctx.idempotency_key:
+                        earlier = await _claim_idempotency_key(conn, ctx)
+                        if earlier is not None:
+                            return earlier
+                    result, events = await decide(conn)
+                    await store.append_outbox(conn, self._outbox_rows(events, ctx))
+                    if ctx.idempotency_key:
+                        await conn.execute(
+                            "update idempotency_keys set status_code = %s, response = %s where key = %s",
+                            (result.status_code, Jsonb(result.body), ctx.idempotency_key))
+                return result
+        except UniqueViolation as exc:
+            # email_taken() cannot see a concurrent command's uncommitted customer; the unique index can
+            if exc.diag.constraint_name == "customers_email_key":
+                raise RuleViolation("email is already registered", code="duplicate_email", field="email") from exc
+            raise
 
     # customers -------------------------------------------------------------------------------------
 
@@ -155,8 +162,7 @@ class CommandHandlers:
         async def decide(conn: AsyncConnection):
             order_id = str(uuid.uuid4())
             requested = orders.merge_requested_items(items)
-            exists = await store.customer_exists(conn, customer_id)
-            loaded = await store.load_products(conn, [pid for pid, _ in requested]) if exists else {}
+            exists, loaded = await store.load_order_inputs(conn, customer_id, [pid for pid, _ in requested])
             decision = orders.create_order(order_id, customer_id, requested, customer_exists=exists,
                                            products=loaded)
             await store.insert_order(conn, decision.order)
@@ -220,10 +226,11 @@ def _accepted(status_code: int, id_field: str, aggregate_id: str, version: int, 
 async def _claim_idempotency_key(conn: AsyncConnection, ctx: CommandContext) -> CommandResult | None:
     """Claim the key inside the command's transaction; a concurrent duplicate waits on the row, then
     replays the stored response. The same key with a different request is refused."""
+    # RETURNING + fetch, not rowcount: in pipeline mode rowcount is unknown (-1) until results are read
     cur = await conn.execute(
         "insert into idempotency_keys (key, request_hash, status_code, response) values (%s, %s, 0, '{}') "
-        "on conflict (key) do nothing", (ctx.idempotency_key, ctx.request_hash))
-    if cur.rowcount == 1:
+        "on conflict (key) do nothing returning key", (ctx.idempotency_key, ctx.request_hash))
+    if await cur.fetchone() is not None:
         return None
     row = await (await conn.execute("select request_hash, status_code, response from idempotency_keys "
                                     "where key = %s", (ctx.idempotency_key,))).fetchone()

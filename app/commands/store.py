@@ -53,14 +53,27 @@ def _product(row: Sequence) -> Product:
     return Product(pid, name, category, subcategory, description, tuple(tags), price, image_url, stock, version)
 
 
+def _products_sql(lock: bool) -> str:
+    return (f"select {_PRODUCT_COLUMNS} from products p join stock s using (product_id) "
+            f"where p.product_id = any(%s) order by p.product_id" + (" for update" if lock else ""))
+
+
 async def load_products(conn: AsyncConnection, product_ids: Iterable[str], *, lock: bool = True) -> dict[str, Product]:
     ids = sorted(set(product_ids))
     if not ids:
         return {}
-    sql = (f"select {_PRODUCT_COLUMNS} from products p join stock s using (product_id) "
-           f"where p.product_id = any(%s) order by p.product_id" + (" for update" if lock else ""))
-    rows = await (await conn.execute(sql, (ids,))).fetchall()
+    rows = await (await conn.execute(_products_sql(lock), (ids,))).fetchall()
     return {row[0]: _product(row) for row in rows}
+
+
+async def load_order_inputs(conn: AsyncConnection, customer_id: str,
+                            product_ids: Iterable[str]) -> tuple[bool, dict[str, Product]]:
+    """Whether the customer exists, and the (locked) products — both queries sent before either result
+    is read, so in pipeline mode they cost one round trip."""
+    customer = await conn.execute("select 1 from customers where customer_id = %s for share", (customer_id,))
+    products = await conn.execute(_products_sql(True), (sorted(set(product_ids)),))
+    exists = await customer.fetchone() is not None
+    return exists, {row[0]: _product(row) for row in await products.fetchall()}
 
 
 async def insert_product(conn: AsyncConnection, p: Product) -> None:

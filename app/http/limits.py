@@ -3,11 +3,21 @@ from __future__ import annotations
 
 import json
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class BodyTooLarge(Exception):
-    pass
+def _error(max_bytes: int) -> dict:
+    return {"code": "payload_too_large", "message": f"request body exceeds {max_bytes} bytes"}
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from receive() once a streamed body passes the limit. An HTTPException, because FastAPI
+    turns any other error raised while it reads the body into a 400; this one it re-raises, and the
+    app's error handler answers 413."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, detail=_error(max_bytes))
 
 
 class BodySizeLimit:
@@ -32,7 +42,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -47,8 +57,7 @@ class BodySizeLimit:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = json.dumps({"code": "payload_too_large",
-                           "message": f"request body exceeds {self.max_bytes} bytes"}).encode()
+        body = json.dumps(_error(self.max_bytes)).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -70,8 +70,7 @@ def test_elasticsearch_match_with_range_filter(stack):
     client = elasticsearch.es_client(stack)
     index = f"probe-{uuid.uuid4().hex[:8]}"
     client.indices.create(index=index, mappings={"properties": {
-        "name": {"type": "text"}, "category": {"type": "keyword"}, "price": {"type": "scaled_float",
-                                                                             "scaling_factor": 100}}})
+        "name": {"type": "text"}, "category": {"type": "keyword"}, "price": {"type": "double"}}})
     try:
         docs = {"P200": ("Wireless Headphones", 79.99), "P150": ("Bluetooth Wireless Earbuds", 59.99),
                 "P300": ("Wireless Studio Headphones", 349.00), "P400": ("Wired Desk Lamp", 19.99)}
