@@ -55,12 +55,36 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_relay(args: argparse.Namespace) -> int:
+    """Run the outbox relay as its own process (several may run; one leads)."""
+    import asyncio
+    import signal
+
+    from app.commands.relay import OutboxRelay
+    from prometheus_client import start_http_server
+
+    settings = get_settings()
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.host)
+    relay = OutboxRelay(settings)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, relay.stop)
+        await relay.run()
+
+    asyncio.run(run())
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "check": (cmd_check, "check that every configured service answers"),
     "smoke": (cmd_smoke, "write and read back through every service, printing each step"),
     "migrate": (cmd_migrate, "apply the write-model migrations"),
     "setup": (cmd_setup, "migrate, create the event topics and register their schemas"),
-    "gateway": (cmd_gateway, "run the HTTP command gateway (with the outbox relay)"),
+    "gateway": (cmd_gateway, "run the HTTP command gateway (with the outbox relay unless OUTBOX_RELAY_ENABLED=false)"),
+    "relay": (cmd_relay, "run the outbox relay on its own"),
 }
 
 SERVER_DEFAULTS = {"gateway": 8000, "query-api": 8001}
@@ -72,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=fn)
+        if name == "relay":
+            p.add_argument("--host", default="127.0.0.1")
+            p.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on this port (0: off)")
         if name in SERVER_DEFAULTS:
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=SERVER_DEFAULTS[name])

@@ -61,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="connections for the throughput run")
     parser.add_argument("--rate", type=float, default=300.0, help="offered orders/s for the latency run")
     parser.add_argument("--gateways", type=int, default=2, help="gateway processes (replicas)")
+    parser.add_argument("--embedded-relay", action="store_true",
+                        help="run the relay inside the gateways instead of as its own process")
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--customers", type=int, default=50)
     parser.add_argument("--products", type=int, default=200)
@@ -69,12 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     token = sorted(settings.api_token_set)[0]
     log_dir = Path(tempfile.mkdtemp(prefix="bench-commands-"))
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; gateways: {args.gateways} processes; "
-          f"all services on the same machine")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; gateways: {args.gateways} processes; relay: "
+          f"{'inside the gateways' if args.embedded_relay else 'its own process'}; all services on the same machine")
     processes.start("setup", ["setup"], log_dir=log_dir, ready_path=None).proc.wait(120)
-    gateways = [processes.start(f"gateway-{n}", ["gateway"], port=processes.free_port(), log_dir=log_dir)
+    env = {} if args.embedded_relay else {"OUTBOX_RELAY_ENABLED": "false"}
+    gateways = [processes.start(f"gateway-{n}", ["gateway"], port=processes.free_port(), log_dir=log_dir, env=env)
                 for n in range(args.gateways)]
-    targets = [("127.0.0.1", int(g.base_url.rsplit(":", 1)[1])) for g in gateways]
+    if not args.embedded_relay:
+        gateways.append(processes.start("relay", ["relay"], log_dir=log_dir, ready_path=None))
+    targets = [("127.0.0.1", int(g.base_url.rsplit(":", 1)[1])) for g in gateways if g.base_url]
     try:
         cids, pids = seed_catalogue(gateways[0].base_url, token, args.customers, args.products)
 

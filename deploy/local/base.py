@@ -6,10 +6,12 @@ Servers that refuse to run as root run under a dedicated service user.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -196,3 +198,38 @@ def _reap(pid: int) -> None:
 
 def which(binary: str) -> str | None:
     return shutil.which(binary)
+
+
+def port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def apt_install(packages: list[str], *, paths: StackPaths, what: str, log: Path) -> None:
+    """apt-get update + install, one recipe at a time (the stack installs services in parallel),
+    waiting for other apt/dpkg users, and without letting package scripts start Debian's services."""
+    if shutil.which("apt-get") is None:
+        raise StackError(f"{what}: apt-get not found; install {' '.join(packages)} by hand")
+    if os.geteuid() != 0:
+        raise StackError(f"{what}: apt-get install {' '.join(packages)} needs root; run as root or install it by hand")
+    env = {"DEBIAN_FRONTEND": "noninteractive", "UCF_FORCE_CONFFOLD": "1"}
+    apt_opts = ["-o", "DPkg::Lock::Timeout=600"]
+    paths.cache.mkdir(parents=True, exist_ok=True)
+    with (paths.cache / ".apt.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        policy = Path("/usr/sbin/policy-rc.d")
+        created = False
+        if not policy.exists():
+            policy.write_text("#!/bin/sh\nexit 101\n")
+            policy.chmod(0o755)
+            created = True
+        try:
+            run(["apt-get", *apt_opts, "update"], what=f"{what} (apt-get update)", env=env, log=log)
+            run(["apt-get", *apt_opts, "install", "-y", "--no-install-recommends", *packages],
+                what=f"{what} (apt-get install)", env=env, log=log)
+        finally:
+            if created:
+                policy.unlink(missing_ok=True)

@@ -95,12 +95,16 @@ def up(paths: StackPaths, services: dict[str, Service]) -> None:
         for name, svc in list(pending.items()):
             if name in started_at or not all(d in healthy for d in depends_on(name)):
                 continue
-            if svc.probe(paths).healthy:
+            health = svc.probe(paths)
+            if health.healthy:
                 say(f"  {name}: already running")
                 healthy.add(name)
                 del pending[name]
                 after_healthy(paths, svc)
                 continue
+            if health.restart_needed and svc.running(paths):
+                say(f"  {name}: {health.detail}; restarting")
+                svc.stop(paths)
             if not svc.running(paths):
                 svc.start(paths)
             started_at[name] = time.monotonic()

@@ -12,6 +12,7 @@ class Health:
     healthy: bool
     version: str = "?"
     detail: str = ""
+    restart_needed: bool = False
 
 
 class Service:

@@ -1,0 +1,164 @@
+"""Redis from the Debian package, run as a private instance under the stack's state dir.
+
+Debian's redis-server service is not used: `redis-server <generated config>` runs in the
+foreground, bound to 127.0.0.1, with append-only persistence in the data dir (RDB snapshots off).
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from deploy.local.base import StackError, StackPaths, apt_install, port_open, read_pid, spawn
+from deploy.local.services import Health, Service
+
+PACKAGE = "redis-server"
+
+
+class Redis(Service):
+    name = "redis"
+    startup_timeout = 60.0
+
+    def __init__(self) -> None:
+        self.port = int(os.environ.get("REDIS_PORT", "6379"))
+
+    def url(self) -> str:
+        return f"redis://{self.address}/0"
+
+    def binary(self) -> str | None:
+        return shutil.which("redis-server") or next(
+            (p for p in ("/usr/bin/redis-server", "/usr/local/bin/redis-server") if os.access(p, os.X_OK)), None)
+
+    def config_file(self, paths: StackPaths) -> Path:
+        return paths.data(self.name) / "redis.conf"
+
+    # ---- Service interface -----------------------------------------------------------------
+
+    def installed(self, paths: StackPaths) -> bool:
+        return self.binary() is not None
+
+    def install(self, paths: StackPaths) -> None:
+        if self.installed(paths):
+            return
+        apt_install([PACKAGE], paths=paths, what="install Redis", log=paths.log(self.name))
+        if not self.installed(paths):
+            raise StackError(f"install Redis: {PACKAGE} installed but redis-server is not on PATH")
+        _disable_debian_unit()
+
+    def start(self, paths: StackPaths) -> None:
+        binary = self.binary()
+        if binary is None:
+            raise StackError("start redis: redis-server is not installed; run install first")
+        if read_pid(paths, self.name) is not None:
+            return
+        if port_open(self.host, self.port):
+            raise StackError(f"start redis: {self.address} is already in use by another process "
+                             f"(Debian's redis-server service? see `ss -ltnp`); stop it or set REDIS_PORT")
+        data = paths.data(self.name)
+        data.mkdir(parents=True, exist_ok=True)
+        conf = self.config_file(paths)
+        conf.write_text(self._config(data))
+        if paths.user:
+            entry = pwd.getpwnam(paths.user)
+            os.chown(data, entry.pw_uid, entry.pw_gid)
+            os.chown(conf, entry.pw_uid, entry.pw_gid)
+        os.chmod(data, 0o750)
+        spawn(paths, self.name, [binary, str(conf)], cwd=data)
+
+    def probe(self, paths: StackPaths) -> Health:
+        deadline = time.monotonic() + 3.0
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1.5) as sock:
+                reader = _Reader(sock, deadline)
+                sock.sendall(_resp("PING"))
+                pong = reader.line()
+                if pong != b"+PONG":
+                    return Health(False, detail=f"PING: {pong.decode(errors='replace')[:200]}")
+                sock.sendall(_resp("INFO", "server"))
+                info = reader.bulk()
+        except Exception as exc:  # noqa: BLE001 - a probe reports, never raises
+            return Health(False, detail=f"redis: {type(exc).__name__}: {exc}")
+        fields = dict(line.split(":", 1) for line in info.decode(errors="replace").splitlines() if ":" in line)
+        version = fields.get("redis_version", "?")
+        return Health(True, version=version, detail=f"mode={fields.get('redis_mode', '?')}")
+
+    # ---- helpers ---------------------------------------------------------------------------
+
+    def _config(self, data: Path) -> str:
+        return "\n".join([
+            f"bind {self.host}",
+            f"port {self.port}",
+            "protected-mode yes",
+            "daemonize no",
+            "supervised no",
+            'logfile ""',
+            f"dir {_quote(str(data))}",
+            'save ""',
+            "appendonly yes",
+            'appendfilename "appendonly.aof"',
+            "appendfsync everysec",
+            "",
+        ])
+
+
+class _Reader:
+    """Buffered RESP reader bounded by an absolute deadline."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.buf = b""
+
+    def _fill(self) -> None:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out")
+        self.sock.settimeout(remaining)
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed")
+        self.buf += chunk
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, self.buf = self.buf.split(b"\r\n", 1)
+        return line
+
+    def bulk(self) -> bytes:
+        header = self.line()
+        if not header.startswith(b"$"):
+            raise ValueError(header.decode(errors="replace")[:200])
+        size = int(header[1:])
+        if size < 0:
+            raise ValueError("null reply")
+        while len(self.buf) < size + 2:
+            self._fill()
+        body, self.buf = self.buf[:size], self.buf[size + 2:]
+        return body
+
+
+def _resp(*args: str) -> bytes:
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        raw = arg.encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
+    return b"".join(out)
+
+
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _disable_debian_unit() -> None:
+    """On systemd hosts keep Debian's redis-server.service from taking the port at boot."""
+    if not Path("/run/systemd/system").is_dir() or shutil.which("systemctl") is None:
+        return
+    try:
+        subprocess.run(["systemctl", "disable", "--now", "redis-server.service"], capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        pass
