@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", type=int, default=16, help="connections for the throughput run")
     parser.add_argument("--rate", type=float, default=300.0, help="offered orders/s for the latency run")
-    parser.add_argument("--gateways", type=int, default=2, help="gateway processes (replicas)")
+    parser.add_argument("--gateways", type=int, default=1, help="gateway processes (replicas)")
     parser.add_argument("--embedded-relay", action="store_true",
                         help="run the relay inside the gateways instead of as its own process")
     parser.add_argument("--duration", type=float, default=20.0)

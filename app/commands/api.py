@@ -112,7 +112,7 @@ def _parse_if_match(value: str | None) -> int | None:
     return int(raw)
 
 
-def require_token(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_token(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
     tokens = request.app.state.settings.api_token_set
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens):
@@ -139,7 +139,7 @@ async def command_context(
 Ctx = Annotated[CommandContext, Depends(command_context)]
 
 
-def handlers(request: Request) -> CommandHandlers:
+async def handlers(request: Request) -> CommandHandlers:
     return request.app.state.handlers
 
 

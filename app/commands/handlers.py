@@ -44,6 +44,10 @@ class CommandResult:
     replayed: bool = False
 
 
+Decided = tuple[CommandResult, list[DomainEvent], list[store.Write]]
+"""What a command decided: the response, the events, and the writes that persist it."""
+
+
 def request_fingerprint(method: str, path: str, body: bytes) -> str:
     return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + body).hexdigest()
 
@@ -83,22 +87,22 @@ class CommandHandlers:
             })
         return rows
 
-    async def _execute(self, ctx: CommandContext,
-                       decide: Callable[[AsyncConnection], Awaitable[tuple[CommandResult, list[DomainEvent]]]]
+    async def _execute(self, ctx: CommandContext, decide: Callable[[AsyncConnection], Awaitable[Decided]]
                        ) -> CommandResult:
         try:
-            async with self.pool.connection() as conn, conn.pipeline():
+            async with self.pool.connection() as conn:
                 async with conn.transaction():
                     if ctx.idempotency_key:
                         earlier = await _claim_idempotency_key(conn, ctx)
                         if earlier is not None:
                             return earlier
-                    result, events = await decide(conn)
-                    await store.append_outbox(conn, self._outbox_rows(events, ctx))
+                    result, events, writes = await decide(conn)
+                    writes = [*writes, *store.append_outbox(self._outbox_rows(events, ctx))]
                     if ctx.idempotency_key:
-                        await conn.execute(
+                        writes.append(store.Write(
                             "update idempotency_keys set status_code = %s, response = %s where key = %s",
-                            (result.status_code, Jsonb(result.body), ctx.idempotency_key))
+                            (result.status_code, Jsonb(result.body), ctx.idempotency_key)))
+                    await store.execute_writes(conn, writes)
                 return result
         except UniqueViolation as exc:
             # email_taken() cannot see a concurrent command's uncommitted customer; the unique index can
@@ -114,8 +118,8 @@ class CommandHandlers:
             normalized = customers.normalize_email(email)
             taken = await store.email_taken(conn, normalized)
             customer, event = customers.register_customer(customer_id, name, email, email_taken=taken)
-            await store.insert_customer(conn, customer)
-            return _accepted(201, "customer_id", customer_id, customer.version), [event]
+            return _accepted(201, "customer_id", customer_id, customer.version), [event], \
+                store.insert_customer(customer)
         return await self._execute(ctx, decide)
 
     async def update_customer(self, ctx: CommandContext, customer_id: str, name: str | None,
@@ -129,9 +133,8 @@ class CommandHandlers:
             if email is not None:
                 taken = await store.email_taken(conn, customers.normalize_email(email), other_than=customer_id)
             updated, events = customers.update_customer(current, name=name, email=email, email_taken=taken)
-            if events:
-                await store.update_customer(conn, updated)
-            return _accepted(202, "customer_id", customer_id, updated.version), events
+            return _accepted(202, "customer_id", customer_id, updated.version), events, \
+                store.update_customer(updated) if events else []
         return await self._execute(ctx, decide)
 
     # products --------------------------------------------------------------------------------------
@@ -140,8 +143,7 @@ class CommandHandlers:
         async def decide(conn: AsyncConnection):
             product_id = str(uuid.uuid4())
             product, event = products.create_product(product_id, **fields)
-            await store.insert_product(conn, product)
-            return _accepted(201, "product_id", product_id, product.version), [event]
+            return _accepted(201, "product_id", product_id, product.version), [event], store.insert_product(product)
         return await self._execute(ctx, decide)
 
     async def update_product(self, ctx: CommandContext, product_id: str, **changes: Any) -> CommandResult:
@@ -151,9 +153,8 @@ class CommandHandlers:
                 raise NotFound(f"product {product_id} does not exist", code="product_not_found")
             _check_version(ctx, current.version, f"product {product_id}")
             updated, events = products.update_product(current, **changes)
-            if events:
-                await store.save_products(conn, [updated])
-            return _accepted(202, "product_id", product_id, updated.version), events
+            return _accepted(202, "product_id", product_id, updated.version), events, \
+                store.save_products([updated]) if events else []
         return await self._execute(ctx, decide)
 
     # orders ----------------------------------------------------------------------------------------
@@ -165,10 +166,8 @@ class CommandHandlers:
             exists, loaded = await store.load_order_inputs(conn, customer_id, [pid for pid, _ in requested])
             decision = orders.create_order(order_id, customer_id, requested, customer_exists=exists,
                                            products=loaded)
-            await store.insert_order(conn, decision.order)
-            await store.save_products(conn, decision.products)
             return _accepted(201, "order_id", order_id, decision.order.version, total=str(decision.order.total)), \
-                list(decision.events)
+                list(decision.events), [*store.insert_order(decision.order), *store.save_products(decision.products)]
         return await self._execute(ctx, decide)
 
     async def _order_command(self, ctx: CommandContext, order_id: str,
@@ -180,11 +179,10 @@ class CommandHandlers:
                 raise NotFound(f"order {order_id} does not exist", code="order_not_found")
             _check_version(ctx, order.version, f"order {order_id}")
             decision = await decide_on(conn, order)
-            await store.save_order(conn, decision.order, lines_changed=lines_changed)
-            await store.save_products(conn, decision.products)
             return _accepted(202, "order_id", order_id, decision.order.version,
                              order_status=decision.order.status.value, total=str(decision.order.total)), \
-                list(decision.events)
+                list(decision.events), [*store.save_order(decision.order, lines_changed=lines_changed),
+                                        *store.save_products(decision.products)]
         return await self._execute(ctx, decide)
 
     async def add_item(self, ctx: CommandContext, order_id: str, product_id: str, quantity: int) -> CommandResult:

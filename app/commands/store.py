@@ -9,6 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
+from dataclasses import dataclass
+from typing import Any
+
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
@@ -17,15 +20,31 @@ from domain.orders import Order, OrderLine, OrderStatus
 from domain.products import Product
 
 
+@dataclass(frozen=True)
+class Write:
+    """One data-modifying statement, to be combined with the others of a command."""
+
+    sql: str
+    params: tuple[Any, ...]
+
+
+async def execute_writes(conn: AsyncConnection, writes: Sequence[Write]) -> None:
+    """Run all of a command's writes as ONE statement (data-modifying CTEs): one round trip, and the
+    statement's constraints are checked at its end, so parents and children may be inserted together."""
+    writes = [w for w in writes if w is not None]
+    if not writes:
+        return
+    if len(writes) == 1:
+        await conn.execute(writes[0].sql, writes[0].params)
+        return
+    sql = "with " + ", ".join(f"w{i} as ({w.sql})" for i, w in enumerate(writes)) + " select 1"
+    await conn.execute(sql, tuple(p for w in writes for p in w.params))
+
+
 async def load_customer(conn: AsyncConnection, customer_id: str, *, lock: bool = False) -> Customer | None:
     sql = "select customer_id, name, email, version from customers where customer_id = %s"
     row = await (await conn.execute(sql + (" for update" if lock else ""), (customer_id,))).fetchone()
     return Customer(*row) if row else None
-
-
-async def customer_exists(conn: AsyncConnection, customer_id: str) -> bool:
-    cur = await conn.execute("select 1 from customers where customer_id = %s for share", (customer_id,))
-    return await cur.fetchone() is not None
 
 
 async def email_taken(conn: AsyncConnection, email: str, *, other_than: str | None = None) -> bool:
@@ -34,14 +53,14 @@ async def email_taken(conn: AsyncConnection, email: str, *, other_than: str | No
     return await cur.fetchone() is not None
 
 
-async def insert_customer(conn: AsyncConnection, c: Customer) -> None:
-    await conn.execute("insert into customers (customer_id, name, email, version) values (%s, %s, %s, %s)",
-                       (c.customer_id, c.name, c.email, c.version))
+def insert_customer(c: Customer) -> list[Write]:
+    return [Write("insert into customers (customer_id, name, email, version) values (%s, %s, %s, %s)",
+                  (c.customer_id, c.name, c.email, c.version))]
 
 
-async def update_customer(conn: AsyncConnection, c: Customer) -> None:
-    await conn.execute("update customers set name = %s, email = %s, version = %s, updated_at = now() "
-                       "where customer_id = %s", (c.name, c.email, c.version, c.customer_id))
+def update_customer(c: Customer) -> list[Write]:
+    return [Write("update customers set name = %s, email = %s, version = %s, updated_at = now() "
+                  "where customer_id = %s", (c.name, c.email, c.version, c.customer_id))]
 
 
 _PRODUCT_COLUMNS = ("p.product_id, p.name, p.category, p.subcategory, p.description, p.tags, p.price, "
@@ -76,21 +95,22 @@ async def load_order_inputs(conn: AsyncConnection, customer_id: str,
     return exists, {row[0]: _product(row) for row in await products.fetchall()}
 
 
-async def insert_product(conn: AsyncConnection, p: Product) -> None:
-    await conn.execute(
-        "insert into products (product_id, name, category, subcategory, description, tags, price, image_url, "
-        "version) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (p.product_id, p.name, p.category, p.subcategory, p.description, list(p.tags), p.price, p.image_url,
-         p.version))
-    await conn.execute("insert into stock (product_id, available) values (%s, %s)", (p.product_id, p.stock))
+def insert_product(p: Product) -> list[Write]:
+    return [
+        Write("insert into products (product_id, name, category, subcategory, description, tags, price, image_url, "
+              "version) values (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+              (p.product_id, p.name, p.category, p.subcategory, p.description, list(p.tags), p.price, p.image_url,
+               p.version)),
+        Write("insert into stock (product_id, available) values (%s, %s)", (p.product_id, p.stock)),
+    ]
 
 
-async def save_products(conn: AsyncConnection, products: Sequence[Product]) -> None:
-    """Persist changed products (details, stock and version) in two set-based statements."""
+def save_products(products: Sequence[Product]) -> list[Write]:
+    """Persist changed products (details, stock and version) with two set-based writes."""
     if not products:
-        return
+        return []
     ids = [p.product_id for p in products]
-    await conn.execute(
+    return [Write(
         "update products p set name = v.name, category = v.category, subcategory = v.subcategory, "
         "description = v.description, tags = v.tags::text[], price = v.price, image_url = v.image_url, "
         "version = v.version, updated_at = now() "
@@ -101,11 +121,10 @@ async def save_products(conn: AsyncConnection, products: Sequence[Product]) -> N
         (ids, [p.name for p in products], [p.category for p in products], [p.subcategory for p in products],
          [p.description for p in products], ["{" + ",".join(_pg_array_item(t) for t in p.tags) + "}"
                                               for p in products],
-         [p.price for p in products], [p.image_url for p in products], [p.version for p in products]))
-    await conn.execute(
-        "update stock s set available = v.available, updated_at = now() "
-        "from (select unnest(%s::text[]) as product_id, unnest(%s::int[]) as available) v "
-        "where s.product_id = v.product_id", (ids, [p.stock for p in products]))
+         [p.price for p in products], [p.image_url for p in products], [p.version for p in products])),
+        Write("update stock s set available = v.available, updated_at = now() "
+              "from (select unnest(%s::text[]) as product_id, unnest(%s::int[]) as available) v "
+              "where s.product_id = v.product_id", (ids, [p.stock for p in products]))]
 
 
 def _pg_array_item(value: str) -> str:
@@ -124,41 +143,43 @@ async def load_order(conn: AsyncConnection, order_id: str, *, lock: bool = True)
     return Order(row[0], row[1], OrderStatus(row[2]), tuple(OrderLine(*ln) for ln in lines), row[3])
 
 
-async def insert_order(conn: AsyncConnection, order: Order) -> None:
-    await conn.execute("insert into orders (order_id, customer_id, status, total, version) "
-                       "values (%s, %s, %s, %s, %s)",
-                       (order.order_id, order.customer_id, order.status.value, order.total, order.version))
-    await _insert_lines(conn, order)
+def insert_order(order: Order) -> list[Write]:
+    return [Write("insert into orders (order_id, customer_id, status, total, version) values (%s, %s, %s, %s, %s)",
+                  (order.order_id, order.customer_id, order.status.value, order.total, order.version)),
+            _upsert_lines(order)]
 
 
-async def _insert_lines(conn: AsyncConnection, order: Order) -> None:
-    await conn.execute(
+def _upsert_lines(order: Order) -> Write:
+    ids = [ln.product_id for ln in order.lines]
+    return Write(
         "insert into order_items (order_id, product_id, line_no, quantity, unit_price) "
         "select %s, unnest(%s::text[]), generate_subscripts(%s::text[], 1), unnest(%s::int[]), "
-        "unnest(%s::numeric[])",
-        (order.order_id, [ln.product_id for ln in order.lines], [ln.product_id for ln in order.lines],
-         [ln.quantity for ln in order.lines], [ln.unit_price for ln in order.lines]))
+        "unnest(%s::numeric[]) on conflict (order_id, product_id) do update set "
+        "line_no = excluded.line_no, quantity = excluded.quantity, unit_price = excluded.unit_price",
+        (order.order_id, ids, ids, [ln.quantity for ln in order.lines], [ln.unit_price for ln in order.lines]))
 
 
-async def save_order(conn: AsyncConnection, order: Order, *, lines_changed: bool) -> None:
-    await conn.execute("update orders set status = %s, total = %s, version = %s, updated_at = now() "
-                       "where order_id = %s", (order.status.value, order.total, order.version, order.order_id))
+def save_order(order: Order, *, lines_changed: bool) -> list[Write]:
+    writes = [Write("update orders set status = %s, total = %s, version = %s, updated_at = now() "
+                    "where order_id = %s", (order.status.value, order.total, order.version, order.order_id))]
     if lines_changed:
-        await conn.execute("delete from order_items where order_id = %s", (order.order_id,))
-        await _insert_lines(conn, order)
+        writes.append(Write("delete from order_items where order_id = %s and product_id <> all(%s::text[])",
+                            (order.order_id, [ln.product_id for ln in order.lines])))
+        writes.append(_upsert_lines(order))
+    return writes
 
 
-async def append_outbox(conn: AsyncConnection, rows: Sequence[dict]) -> None:
+def append_outbox(rows: Sequence[dict]) -> list[Write]:
     """Insert encoded events; a statement trigger NOTIFYs the relay when the transaction commits."""
     if not rows:
-        return
-    await conn.execute(
+        return []
+    return [Write(
         "insert into outbox (event_id, topic, aggregate_type, aggregate_id, sequence_number, event_type, payload, "
         "headers) select unnest(%s::uuid[]), unnest(%s::text[]), unnest(%s::text[]), unnest(%s::text[]), "
         "unnest(%s::bigint[]), unnest(%s::text[]), unnest(%s::bytea[]), unnest(%s::jsonb[])",
         tuple(list(col) for col in zip(*[(r["event_id"], r["topic"], r["aggregate_type"], r["aggregate_id"],
                                            r["sequence_number"], r["event_type"], r["payload"], r["headers"])
-                                          for r in rows])))
+                                          for r in rows])))]
 
 
 async def order_snapshot(conn: AsyncConnection, order_id: str) -> dict | None:
