@@ -55,6 +55,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_query_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    uvicorn.run("app.queries.api:create_app", factory=True, host=args.host, port=args.port,
+                log_level=args.log_level, access_log=False, loop="uvloop", http="httptools")
+    return 0
+
+
 def cmd_relay(args: argparse.Namespace) -> int:
     """Run the outbox relay as its own process (several may run; one leads)."""
     import asyncio
@@ -78,6 +86,21 @@ def cmd_relay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one projection's Faust worker until stopped."""
+    from faust import Worker
+    from prometheus_client import start_http_server
+
+    from app.worker import create_worker_app
+
+    settings = get_settings()
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.host)
+    app = create_worker_app(args.projection, settings)
+    Worker(app, loglevel=args.log_level.upper(), quiet=True).execute_from_commandline()
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "check": (cmd_check, "check that every configured service answers"),
     "smoke": (cmd_smoke, "write and read back through every service, printing each step"),
@@ -85,6 +108,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "setup": (cmd_setup, "migrate, create the event topics and register their schemas"),
     "gateway": (cmd_gateway, "run the HTTP command gateway (with the outbox relay unless OUTBOX_RELAY_ENABLED=false)"),
     "relay": (cmd_relay, "run the outbox relay on its own"),
+    "query-api": (cmd_query_api, "run the HTTP query API over the read models (falls back to the write model)"),
+    "worker": (cmd_worker, "run the Faust worker of one projection"),
 }
 
 SERVER_DEFAULTS = {"gateway": 8000, "query-api": 8001}
@@ -96,7 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=fn)
-        if name == "relay":
+        if name == "worker":
+            from app.worker import PROJECTIONS
+            p.add_argument("projection", choices=PROJECTIONS)
+            p.add_argument("--log-level", default="warning", choices=["error", "warning", "info", "debug"])
+        if name in ("relay", "worker"):
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on this port (0: off)")
         if name in SERVER_DEFAULTS:

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.read_models import PRODUCTS_ALIAS
 
 
 class Settings(BaseSettings):
@@ -32,6 +35,19 @@ class Settings(BaseSettings):
     outbox_linger_ms: int = Field(1, ge=0, le=1000)
     outbox_poll_interval_s: float = Field(1.0, gt=0, le=60)
     idempotency_retention_hours: int = Field(24, ge=1, le=24 * 30)
+
+    es_products_alias: str = Field(PRODUCTS_ALIAS, min_length=1, max_length=255,
+                                   description="The Elasticsearch alias the query API searches for products.")
+    query_timeout_s: float = Field(5.0, gt=0, le=60,
+                                   description="Upper bound for one read-store request made by the query API.")
+
+    projection_batch_size: int = Field(1000, ge=1, le=50_000, description="Events per projection batch (take n).")
+    projection_batch_wait_s: float = Field(0.25, gt=0, le=30, description="Longest wait to fill a batch.")
+    projection_group_suffix: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$",
+                                         description="Appended to each projection's consumer group (tests, rebuilds).")
+    projection_start: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a new consumer group starts reading.")
+    gap_hold_seconds: float = Field(30.0, gt=0, le=3600, description="How long a sequence gap is held.")
 
     @property
     def api_token_set(self) -> frozenset[str]:

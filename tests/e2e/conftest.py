@@ -24,6 +24,7 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from app import processes
 from app.commands.relay import RELAY_LOCK_KEY
 from app.settings import Settings
 from app.setup import prepare_event_codecs
@@ -185,6 +186,23 @@ def spawn_gateway(setup_done: None, gateway_logs: Path) -> Iterator:
     yield spawn
     for gw in started:
         gw.stop()
+
+
+@pytest.fixture(scope="module")
+def spawn_query_api(setup_done: None, gateway_logs: Path) -> Iterator:
+    """spawn_query_api(name, **env) -> a running `cqrs query-api` process (ready: /readyz answered 200)
+    on a free port, with `base_url`; all of them are stopped when the module's tests end."""
+    started: list[processes.AppProcess] = []
+
+    def spawn(name: str = "query-api", **env: str) -> processes.AppProcess:
+        app = processes.start(f"query-api-{name}", ["query-api"], log_dir=gateway_logs, port=free_port(),
+                              env={"PYTHONUNBUFFERED": "1", **env}, timeout=READY_TIMEOUT_S)
+        started.append(app)
+        return app
+
+    yield spawn
+    for app in started:
+        app.stop(STOP_TIMEOUT_S)
 
 
 # ---- HTTP -----------------------------------------------------------------------------------------

@@ -1,0 +1,73 @@
+"""Order views and customer order history (MongoDB) from order-events, enriched per batch.
+
+State is the stored view itself (it carries `last_seq`), loaded with one `_id $in` query per batch;
+reference data (product names and images, customer names and emails) comes from one write-model
+query per batch. Views are replaced whole (idempotent); a customer's history entry for an order is
+set as one field of the customer's document, so workers owning different orders never collide.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+from pymongo import ReplaceOne, UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
+
+from app.read_models import CUSTOMER_HISTORY, ORDER_VIEWS, customer_history_cache_key, order_cache_key
+from domain.views import ReferenceData, apply_order_event, order_summary
+
+
+class OrderViews:
+    name = "order-views"
+    topics = ("order-events",)
+
+    def __init__(self, db: AsyncDatabase, write_db: AsyncConnectionPool | None, redis=None) -> None:
+        self.db = db
+        self.write_db = write_db
+        self.redis = redis
+
+    async def load(self, aggregate_ids: list[str]) -> dict[str, Any]:
+        cursor = self.db[ORDER_VIEWS].find({"_id": {"$in": aggregate_ids}})
+        return {doc["_id"]: doc async for doc in cursor}
+
+    def last_seq(self, state: Any) -> int:
+        return state["last_seq"] if state else 0
+
+    async def references(self, events: list[Mapping[str, Any]]) -> ReferenceData:
+        product_ids: set[str] = set()
+        customer_ids: set[str] = set()
+        for e in events:
+            if e["event_type"] == "OrderCreated":
+                customer_ids.add(e["payload"]["customer_id"])
+                product_ids.update(i["product_id"] for i in e["payload"]["items"])
+            elif e["event_type"] == "ItemAdded":
+                product_ids.add(e["payload"]["product_id"])
+        refs = ReferenceData()
+        if self.write_db is None or not (product_ids or customer_ids):
+            return refs
+        async with self.write_db.connection() as conn:
+            products = await conn.execute("select product_id, name, image_url from products "
+                                          "where product_id = any(%s)", (sorted(product_ids),))
+            customers = await conn.execute("select customer_id, name, email from customers "
+                                           "where customer_id = any(%s)", (sorted(customer_ids),))
+            refs.products = {pid: {"name": n, "image_url": img} for pid, n, img in await products.fetchall()}
+            refs.customers = {cid: {"name": n, "email": em} for cid, n, em in await customers.fetchall()}
+        return refs
+
+    def apply(self, state: Any, event: Mapping[str, Any], refs: ReferenceData) -> Any:
+        return apply_order_event(state, event, refs)
+
+    async def write(self, changed: dict[str, Any]) -> dict[str, str]:
+        views = list(changed.values())
+        await self.db[ORDER_VIEWS].bulk_write([ReplaceOne({"_id": v["_id"]}, v, upsert=True) for v in views],
+                                              ordered=False)
+        await self.db[CUSTOMER_HISTORY].bulk_write(
+            [UpdateOne({"_id": v["customer_id"]},
+                       {"$set": {"customer_id": v["customer_id"], f"orders.{v['order_id']}": order_summary(v)}},
+                       upsert=True) for v in views], ordered=False)
+        if self.redis is not None:
+            keys = {order_cache_key(v["order_id"]) for v in views} | {customer_history_cache_key(v["customer_id"])
+                                                                       for v in views}
+            await self.redis.delete(*keys)
+        return {}

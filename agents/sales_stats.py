@@ -1,0 +1,163 @@
+"""Exact sales figures from order-events: product stats (MongoDB + the search index's purchase_count)
+and the live sales dashboard (Redis).
+
+Exactness: every order's contribution to the counters (per-product purchases and units, per-day and
+per-hour order count and revenue) is kept in a per-order ledger in Redis. One Lua script per batch
+compares each order's ledger sequence with the one the batch read, subtracts the order's previous
+contribution and adds the new one, atomically. Counters are therefore sums of current per-order
+contributions: a redelivered or replayed event finds the ledger already past it and changes nothing.
+Product figures are then copied as absolute values (with a version that only grows) into MongoDB
+and Elasticsearch; products whose copy failed stay in a dirty set and are re-copied next batch.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from elasticsearch import AsyncElasticsearch
+from pymongo import UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
+
+from app.read_models import PRODUCT_STATS, PRODUCTS_ALIAS, SALES_PREFIX
+from domain.views import OrderFacts, apply_order_facts, sales_contributions
+
+LEDGER_TTL_S = 35 * 24 * 3600
+DAY_TTL_S = 35 * 24 * 3600
+DIRTY = f"{SALES_PREFIX}dirty-products"
+
+APPLY_CONTRIBUTIONS = """
+local prefix, ledger_ttl, day_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local i, applied = 4, 0
+local touched_products = {}
+while i <= #ARGV do
+  local oid, expected, newseq, state, n = ARGV[i], tonumber(ARGV[i+1]), ARGV[i+2], ARGV[i+3], tonumber(ARGV[i+4])
+  i = i + 5
+  local lkey = prefix .. 'ledger:' .. oid
+  local cur = tonumber(redis.call('HGET', lkey, 'seq') or '0')
+  if cur == expected then
+    local old = redis.call('HGET', lkey, 'contrib')
+    local changes = {}
+    if old then
+      local o = cjson.decode(old)
+      for j = 1, #o, 3 do
+        local k = o[j] .. '\\0' .. o[j+1]
+        changes[k] = (changes[k] or 0) - tonumber(o[j+2])
+      end
+    end
+    local new = {}
+    for j = 0, n - 1 do
+      local key, fld, amount = ARGV[i + 3*j], ARGV[i + 3*j + 1], ARGV[i + 3*j + 2]
+      local k = key .. '\\0' .. fld
+      changes[k] = (changes[k] or 0) + tonumber(amount)
+      new[#new + 1] = key; new[#new + 1] = fld; new[#new + 1] = amount
+    end
+    for k, delta in pairs(changes) do
+      local sep = string.find(k, '\\0', 1, true)
+      local key, fld = string.sub(k, 1, sep - 1), string.sub(k, sep + 1)
+      local full = prefix .. key
+      if delta ~= 0 then redis.call('HINCRBY', full, fld, delta) end
+      if string.sub(key, 1, 8) == 'product:' then
+        if not touched_products[full] then
+          redis.call('HINCRBY', full, 'version', 1)
+          touched_products[full] = true
+          redis.call('SADD', prefix .. 'dirty-products', string.sub(key, 9))
+        end
+      elseif string.sub(key, 1, 4) == 'day:' then
+        redis.call('EXPIRE', full, day_ttl)
+      end
+    end
+    redis.call('HSET', lkey, 'seq', newseq, 'state', state, 'contrib', cjson.encode(new))
+    redis.call('EXPIRE', lkey, ledger_ttl)
+    applied = applied + 1
+  end
+  i = i + 3*n
+end
+return applied
+"""
+
+
+class SalesStats:
+    name = "sales-stats"
+    topics = ("order-events",)
+
+    def __init__(self, redis, db: AsyncDatabase, es: AsyncElasticsearch | None, alias: str = PRODUCTS_ALIAS,
+                 sync_limit: int = 2000) -> None:
+        self.redis = redis
+        self.db = db
+        self.es = es
+        self.alias = alias
+        self.sync_limit = sync_limit
+        self._script = redis.register_script(APPLY_CONTRIBUTIONS)
+
+    async def load(self, aggregate_ids: list[str]) -> dict[str, Any]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for oid in aggregate_ids:
+                pipe.hmget(f"{SALES_PREFIX}ledger:{oid}", "seq", "state")
+            rows = await pipe.execute()
+        states = {}
+        for oid, (seq, state) in zip(aggregate_ids, rows):
+            if seq is not None:
+                states[oid] = (int(seq), int(seq), OrderFacts.from_ledger(json.loads(state)) if state else None)
+        return states
+
+    def last_seq(self, state: Any) -> int:
+        return state[1] if state else 0
+
+    async def references(self, events: list[Mapping[str, Any]]) -> None:
+        return None
+
+    def apply(self, state: Any, event: Mapping[str, Any], refs: Any) -> Any:
+        """State is (ledger seq read at batch start, new seq, facts)."""
+        read_seq, _, facts = state if state else (0, 0, None)
+        return read_seq, event["sequence_number"], apply_order_facts(facts, event)
+
+    async def write(self, changed: dict[str, Any]) -> dict[str, str]:
+        args: list[Any] = [SALES_PREFIX, LEDGER_TTL_S, DAY_TTL_S]
+        for oid, (read_seq, new_seq, facts) in changed.items():
+            contributions = sales_contributions(facts)
+            args += [oid, read_seq, new_seq, json.dumps(facts.as_ledger()), len(contributions)]
+            for composite, amount in contributions.items():
+                key, fld = composite.split("|", 1)
+                args += [key, fld, amount]
+        await self._script(args=args)
+        await self.sync_products()
+        return {}
+
+    async def sync_products(self) -> None:
+        """Copy the counters of products changed since their last copy into MongoDB and Elasticsearch."""
+        product_ids = await self.redis.srandmember(DIRTY, self.sync_limit)
+        if not product_ids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for pid in product_ids:
+                pipe.hmget(f"{SALES_PREFIX}product:{pid}", "purchase_count", "units_sold", "version")
+            rows = await pipe.execute()
+        figures = {pid: (int(c or 0), int(u or 0), int(v or 0)) for pid, (c, u, v) in zip(product_ids, rows)}
+        ops = [UpdateOne({"_id": pid, "version": {"$lt": v}},
+                         {"$set": {"product_id": pid, "purchase_count": c, "units_sold": u, "version": v}},
+                         upsert=True) for pid, (c, u, v) in figures.items()]
+        try:
+            await self.db[PRODUCT_STATS].bulk_write(ops, ordered=False)
+        except BulkWriteError as exc:
+            # a duplicate key means a newer version is already stored; anything else is a real failure
+            real = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
+            if real:
+                raise
+        if self.es is not None:
+            operations: list[dict] = []
+            for pid, (count, _, _) in figures.items():
+                operations.append({"update": {"_index": self.alias, "_id": pid, "retry_on_conflict": 3}})
+                operations.append({"doc": {"purchase_count": count}, "doc_as_upsert": False})
+            resp = await self.es.bulk(operations=operations, refresh=False)
+            missing = {i["update"]["_id"] for i in resp["items"]
+                       if i["update"].get("status") == 404}
+            failed = [i for i in resp["items"] if i["update"].get("error") and i["update"].get("status") != 404]
+            if failed:
+                raise RuntimeError(f"search index rejected purchase counts: {failed[0]['update']['error']}")
+        else:
+            missing = set()
+        done = [pid for pid in product_ids if pid not in missing]
+        if done:
+            await self.redis.srem(DIRTY, *done)

@@ -1,0 +1,75 @@
+"""Where each read model lives and what it looks like: the contract between projections (writers)
+and the query API (reader). Both sides import these names; nothing else hard-codes them.
+
+MongoDB (database `settings.mongo_database`):
+- ORDER_VIEWS `order_views`: one document per order, `_id` = order id —
+  {order_id, customer_id, customer_name, customer_email, items: [{product_id, product_name,
+  product_image, quantity, unit_price (str)}], total (str), status, tracking_number?, created_at,
+  updated_at (datetimes), last_seq}.
+- CUSTOMER_HISTORY `customer_order_history`: one document per customer, `_id` = customer id —
+  {customer_id, orders: {<order_id>: {order_id, date, total (str), status, products: [{product_id,
+  name, price (str), image_url, quantity}], last_seq}}}. A map keyed by order id, so each order's
+  entry is set atomically by whichever worker owns that order; the API sorts newest first.
+- PRODUCT_STATS `product_stats`: one document per product, `_id` = product id —
+  {product_id, purchase_count, units_sold, version}; written with absolute values, `version` only grows.
+
+Elasticsearch: PRODUCTS_ALIAS `products` -> a versioned index `products-v<N>`, documents `_id` =
+product id: {product_id, name, category, subcategory, description, tags, price (double), price_text,
+image_url, stock, in_stock, rating, review_count, purchase_count, created_at, updated_at, last_seq}.
+
+Redis:
+- SALES_PREFIX `sales:` hashes: `sales:day:<YYYY-MM-DD>` {orders, revenue_cents, hour:<HH>:orders,
+  hour:<HH>:revenue_cents}; `sales:product:<id>` {purchase_count, units_sold, version};
+  `sales:ledger:<order id>` per-order ledger (seq, state, contributions).
+- CACHE_PREFIX `cache:`: query-API cache entries, e.g. `cache:order:<id>`; projections delete the
+  entries of what they change, so a cached read is never older than the projection.
+"""
+from __future__ import annotations
+
+ORDER_VIEWS = "order_views"
+CUSTOMER_HISTORY = "customer_order_history"
+PRODUCT_STATS = "product_stats"
+PRODUCTS_ALIAS = "products"
+SALES_PREFIX = "sales:"
+CACHE_PREFIX = "cache:"
+CACHE_TTL_S = 60
+
+
+def order_cache_key(order_id: str) -> str:
+    return f"{CACHE_PREFIX}order:{order_id}"
+
+
+def customer_history_cache_key(customer_id: str) -> str:
+    return f"{CACHE_PREFIX}customer-orders:{customer_id}"
+
+
+def sales_day_key(day: str) -> str:
+    return f"{SALES_PREFIX}day:{day}"
+
+
+def sales_product_key(product_id: str) -> str:
+    return f"{SALES_PREFIX}product:{product_id}"
+
+
+PRODUCTS_MAPPING = {
+    "dynamic": "strict",
+    "properties": {
+        "product_id": {"type": "keyword"},
+        "name": {"type": "text", "fields": {"raw": {"type": "keyword", "ignore_above": 256}}},
+        "category": {"type": "keyword"},
+        "subcategory": {"type": "keyword"},
+        "description": {"type": "text"},
+        "tags": {"type": "text", "fields": {"raw": {"type": "keyword"}}},
+        "price": {"type": "double"},
+        "price_text": {"type": "keyword", "index": False},
+        "image_url": {"type": "keyword", "index": False},
+        "stock": {"type": "integer"},
+        "in_stock": {"type": "boolean"},
+        "rating": {"type": "float"},
+        "review_count": {"type": "integer"},
+        "purchase_count": {"type": "integer"},
+        "created_at": {"type": "date"},
+        "updated_at": {"type": "date"},
+        "last_seq": {"type": "long"},
+    },
+}

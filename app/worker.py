@@ -1,0 +1,108 @@
+"""Faust worker of one projection: its own app id (= consumer group), its own progress tables.
+
+`cqrs worker <projection>` runs it; start more processes with the same projection to split the
+partitions between them (never more than the partition count). Events of one aggregate share a
+partition, so one worker applies them, in order.
+"""
+from __future__ import annotations
+
+import logging
+import faust
+import psycopg_pool
+from elasticsearch import AsyncElasticsearch
+from pymongo import AsyncMongoClient
+
+from agents.dead_letters import DeadLetters, SourceRecord
+from agents.engine import BatchProcessor, Projection
+from agents.gate import SequenceGate
+from agents.metrics import OFFSET_LAG
+from agents.order_views import OrderViews
+from agents.product_search import ProductSearch, ensure_products_index
+from agents.sales_stats import SalesStats
+from app.settings import Settings
+from app.setup import prepare_event_codecs
+from connectors import redis as redis_connector
+from tables.progress import TableProgress
+
+PROJECTIONS = ("order-views", "product-search", "sales-stats")
+TOPICS = {"order-views": ("order-events",), "product-search": ("product-events",), "sales-stats": ("order-events",)}
+log = logging.getLogger("cqrs.worker")
+
+
+async def build_projection(name: str, settings: Settings) -> tuple[Projection, list]:
+    """The projection with its async clients; returns it and the closers to call on shutdown."""
+    timeout_ms = int(settings.connect_timeout_s * 1000)
+    mongo = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+                             retryWrites=False, tz_aware=True)
+    db = mongo[settings.mongo_database]
+    redis = redis_connector.async_redis_client(settings)
+    closers = [mongo.close, redis.aclose]
+    if name == "order-views":
+        pool = psycopg_pool.AsyncConnectionPool(settings.write_db_url, min_size=1, max_size=4, open=False,
+                                                kwargs={"connect_timeout": int(settings.connect_timeout_s)})
+        await pool.open(wait=True, timeout=settings.connect_timeout_s * 3)
+        closers.append(pool.close)
+        return OrderViews(db, pool, redis), closers
+    es = AsyncElasticsearch(settings.elasticsearch_url, request_timeout=30)
+    closers.append(es.close)
+    await ensure_products_index(es)
+    if name == "product-search":
+        return ProductSearch(es), closers
+    if name == "sales-stats":
+        return SalesStats(redis, db, es), closers
+    raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
+
+
+def create_worker_app(name: str, settings: Settings) -> faust.App:
+    if name not in PROJECTIONS:
+        raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
+    app = faust.App(
+        f"cqrs-{name}{settings.projection_group_suffix}",
+        broker=[f"kafka://{b}" for b in settings.kafka_bootstrap_servers.split(",")],
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication_factor,
+        consumer_auto_offset_reset=settings.projection_start,
+        stream_buffer_maxsize=max(4096, settings.projection_batch_size * 2),
+        broker_commit_interval=1.0,
+        table_standby_replicas=0,
+    )
+    progress = TableProgress(app, name, settings.topic_partitions)
+    topic = app.topic(*TOPICS[name], key_type=bytes, value_type=bytes, key_serializer="raw",
+                      value_serializer="raw")
+    state: dict = {}
+
+    @app.agent(topic, name=name, concurrency=1)
+    async def project(stream):
+        projection, closers = await build_projection(name, settings)
+        codecs = prepare_event_codecs(settings)
+        processor = BatchProcessor(projection, codecs, progress, DeadLetters(settings, name),
+                                   SequenceGate(settings.gap_hold_seconds))
+        state["processor"], state["closers"] = processor, closers
+        async for events in stream.take_events(settings.projection_batch_size,
+                                               within=settings.projection_batch_wait_s):
+            records = [SourceRecord(e.message.topic, e.message.partition, e.message.offset, e.key, e.value,
+                                    list(e.headers.items()) if isinstance(e.headers, dict) else list(e.headers or []),
+                                    e.message.timestamp) for e in events]
+            await processor.process(records)
+            for tp in {e.message.tp for e in events}:
+                highwater = app.consumer.highwater(tp)
+                last = max(e.message.offset for e in events if e.message.tp == tp)
+                if highwater is not None:
+                    OFFSET_LAG.labels(name, tp.topic, str(tp.partition)).set(max(0, highwater - last - 1))
+
+    @app.on_before_shutdown.connect
+    async def close(app_, **kwargs) -> None:  # noqa: ARG001 - signal signature
+        processor = state.get("processor")
+        if processor is not None:
+            await processor.close()
+        for closer in state.get("closers", []):
+            try:
+                result = closer()
+                if hasattr(result, "__await__"):
+                    await result
+            except Exception as exc:  # closing is best effort
+                log.debug("closing %s: %s", closer, exc)
+
+    return app
