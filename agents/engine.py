@@ -56,7 +56,7 @@ class Progress(Protocol):
 
     def recent(self, aggregate_id: str) -> Sequence[str]: ...
 
-    def record(self, aggregate_id: str, seq: int, event_ids: Sequence[str]) -> None: ...
+    def record(self, aggregate_id: str, seq: int, event_ids: Sequence[str], partition: int) -> None: ...
 
 
 class MemoryProgress:
@@ -72,7 +72,7 @@ class MemoryProgress:
     def recent(self, aggregate_id: str) -> Sequence[str]:
         return self.recent_ids.get(aggregate_id, ())
 
-    def record(self, aggregate_id: str, seq: int, event_ids: Sequence[str]) -> None:
+    def record(self, aggregate_id: str, seq: int, event_ids: Sequence[str], partition: int = 0) -> None:
         self.sequence[aggregate_id] = seq
         self.recent_ids[aggregate_id] = [*self.recent_ids.get(aggregate_id, ()), *event_ids][-RECENT_IDS:]
 
@@ -214,7 +214,8 @@ class BatchProcessor:
         for agg, error in failures.items():
             self._dead_letter(applied.pop(agg, []), "sink_error", error, report, attempts=self.retry.attempts)
         for agg, done in applied.items():
-            self.progress.record(agg, done[-1]["sequence_number"], [e["event_id"] for e in done])
+            self.progress.record(agg, done[-1]["sequence_number"], [e["event_id"] for e in done],
+                                 self._records[id(done[-1])].partition)
             report.applied += len(done)
             report.written_aggregates += 1
             for event in done:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch
-from pymongo import UpdateOne
+from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
@@ -135,13 +135,17 @@ class SalesStats:
                 pipe.hmget(f"{SALES_PREFIX}product:{pid}", "purchase_count", "units_sold", "version")
             rows = await pipe.execute()
         figures = {pid: (int(c or 0), int(u or 0), int(v or 0)) for pid, (c, u, v) in zip(product_ids, rows)}
+        # Conditional on `version`, so a slower worker never overwrites newer figures. Missing documents
+        # are inserted (a concurrent insert of the same product loses with a duplicate key, harmlessly).
+        existing = {d["_id"] async for d in self.db[PRODUCT_STATS].find({"_id": {"$in": list(figures)}}, {"_id": 1})}
         ops = [UpdateOne({"_id": pid, "version": {"$lt": v}},
-                         {"$set": {"product_id": pid, "purchase_count": c, "units_sold": u, "version": v}},
-                         upsert=True) for pid, (c, u, v) in figures.items()]
+                         {"$set": {"purchase_count": c, "units_sold": u, "version": v}})
+               if pid in existing else
+               InsertOne({"_id": pid, "product_id": pid, "purchase_count": c, "units_sold": u, "version": v})
+               for pid, (c, u, v) in figures.items()]
         try:
             await self.db[PRODUCT_STATS].bulk_write(ops, ordered=False)
         except BulkWriteError as exc:
-            # a duplicate key means a newer version is already stored; anything else is a real failure
             real = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
             if real:
                 raise

@@ -101,6 +101,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from app import dlq
+
+    settings = get_settings()
+    if args.action == "list":
+        letters = list(dlq.read_dead_letters(settings, limit=args.limit))
+        if args.projection:
+            letters = [d for d in letters if d.meta.get("projection") == args.projection]
+        if not letters:
+            print(f"no dead letters on {dlq.DLQ_TOPIC}" + (f" for {args.projection}" if args.projection else ""))
+            return 0
+        print(dlq.format_table(letters))
+        print(f"{len(letters)} dead letter(s)")
+        return 0
+    count = dlq.replay(settings, projection=args.projection, dry_run=args.dry_run)
+    print(f"{'would replay' if args.dry_run else 'replayed'} {count} dead letter(s)")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "check": (cmd_check, "check that every configured service answers"),
     "smoke": (cmd_smoke, "write and read back through every service, printing each step"),
@@ -110,6 +129,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "relay": (cmd_relay, "run the outbox relay on its own"),
     "query-api": (cmd_query_api, "run the HTTP query API over the read models (falls back to the write model)"),
     "worker": (cmd_worker, "run the Faust worker of one projection"),
+    "dlq": (cmd_dlq, "list dead letters, or replay them to their source topics"),
 }
 
 SERVER_DEFAULTS = {"gateway": 8000, "query-api": 8001}
@@ -121,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=fn)
+        if name == "dlq":
+            p.add_argument("action", choices=["list", "replay"])
+            p.add_argument("--projection", help="only dead letters of this projection")
+            p.add_argument("--limit", type=int, default=1000, help="list at most this many")
+            p.add_argument("--dry-run", action="store_true", help="replay: count, send nothing")
         if name == "worker":
             from app.worker import PROJECTIONS
             p.add_argument("projection", choices=PROJECTIONS)

@@ -233,3 +233,33 @@ def test_gap_is_held_until_the_missing_event_arrives(workers, read_db, settings:
     assert producer.flush(10) == 0
     final = wait_until("gap filled", lambda: read_db[ORDER_VIEWS].find_one({"_id": order, "last_seq": 3}))
     assert final["status"] == "delivered"
+
+
+def test_dead_letters_are_listed_and_replayed_through_the_cli(workers, settings: Settings):
+    import subprocess
+    import sys
+
+    start = _dlq_ends(settings)
+    key = f"poison-cli-{uuid.uuid4()}"
+    producer = Producer({**kafka.base_config(settings), "partitioner": "murmur2_random"})
+    producer.produce("product-events", key=key.encode(), value=b"garbage")
+    assert producer.flush(10) == 0
+    wait_until("dead letter", lambda: [m for m in _dead_letters_since(settings, start) if m.key() == key.encode()]
+               or None)
+
+    def cqrs(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "app.cli", "dlq", *args], capture_output=True, text=True,
+                              timeout=120)
+
+    listed = cqrs("list", "--projection", "product-search", "--limit", "100000")
+    assert listed.returncode == 0, listed.stderr
+    line = next(ln for ln in listed.stdout.splitlines() if key[:40] in ln)
+    assert "product-search" in line and "decode_error" in line and "product-events[" in line
+
+    first = cqrs("replay", "--projection", "product-search")
+    assert first.returncode == 0, first.stderr
+    assert int(first.stdout.split()[1]) >= 1
+    back = wait_until("replayed poison dead-lettered again", lambda: [
+        m for m in _dead_letters_since(settings, start) if m.key() == key.encode()
+        and dict(m.headers()).get("dlq.replayed_from")] or None)
+    assert describe(back[0].headers())["reason"] == "decode_error"
