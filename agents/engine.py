@@ -34,7 +34,6 @@ class Projection(Protocol):
     """What a projection supplies to the engine: state I/O at the edges, pure `apply` in the middle."""
 
     name: str
-    topics: tuple[str, ...]
 
     async def load(self, aggregate_ids: list[str]) -> dict[str, Any]: ...
 

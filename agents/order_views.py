@@ -20,7 +20,6 @@ from domain.views import ReferenceData, apply_order_event, order_summary
 
 class OrderViews:
     name = "order-views"
-    topics = ("order-events",)
 
     def __init__(self, db: AsyncDatabase, write_db: AsyncConnectionPool | None, redis=None) -> None:
         self.db = db

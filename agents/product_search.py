@@ -30,7 +30,6 @@ async def ensure_products_index(es: AsyncElasticsearch, alias: str = PRODUCTS_AL
 
 class ProductSearch:
     name = "product-search"
-    topics = ("product-events",)
 
     def __init__(self, es: AsyncElasticsearch, alias: str = PRODUCTS_ALIAS) -> None:
         self.es = es

@@ -80,7 +80,6 @@ return applied
 
 class SalesStats:
     name = "sales-stats"
-    topics = ("order-events",)
 
     def __init__(self, redis, db: AsyncDatabase, es: AsyncElasticsearch | None, alias: str = PRODUCTS_ALIAS,
                  sync_limit: int = 2000) -> None:

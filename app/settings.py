@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(3.0, gt=0, le=60, description="Fail-fast bound for reaching any service.")
     topic_partitions: int = Field(6, ge=1, le=1024)
     topic_replication_factor: int = Field(1, ge=1, le=5)
+    topic_prefix: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$",
+                              description="Prefix of the event topics (isolates benchmarks and test runs).")
 
     api_tokens: str = Field("dev-token", description="Comma-separated bearer tokens the command gateway accepts.")
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)

@@ -12,13 +12,13 @@ EVENT_TOPIC_CONFIG = (("cleanup.policy", "delete"), ("retention.ms", str(30 * 24
 
 def event_topic_specs(settings: Settings) -> list[kafka.TopicSpec]:
     """The event topics, with explicit partition counts; retention keeps 30 days for rebuilds."""
-    return [kafka.TopicSpec(t, settings.topic_partitions, settings.topic_replication_factor, EVENT_TOPIC_CONFIG)
-            for t in TOPICS]
+    return [kafka.TopicSpec(settings.topic_prefix + t, settings.topic_partitions, settings.topic_replication_factor,
+                            EVENT_TOPIC_CONFIG) for t in TOPICS]
 
 
 def prepare_event_codecs(settings: Settings) -> dict[str, EventCodec]:
     kafka.ensure_topics(settings, event_topic_specs(settings))
-    return register_codecs(registry.registry_client(settings), TOPICS)
+    return register_codecs(registry.registry_client(settings), TOPICS, settings.topic_prefix)
 
 
 def setup_all(settings: Settings) -> dict[str, str]:

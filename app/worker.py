@@ -45,11 +45,12 @@ async def build_projection(name: str, settings: Settings) -> tuple[Projection, l
         return OrderViews(db, pool, redis), closers
     es = AsyncElasticsearch(settings.elasticsearch_url, request_timeout=30)
     closers.append(es.close)
-    await ensure_products_index(es)
+    alias = settings.es_products_alias
+    await ensure_products_index(es, alias)
     if name == "product-search":
-        return ProductSearch(es), closers
+        return ProductSearch(es, alias), closers
     if name == "sales-stats":
-        return SalesStats(redis, db, es), closers
+        return SalesStats(redis, db, es, alias), closers
     raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
 
 
@@ -69,7 +70,7 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
         table_standby_replicas=0,
     )
     progress = TableProgress(app, name, settings.topic_partitions)
-    topic = app.topic(*TOPICS[name], key_type=bytes, value_type=bytes, key_serializer="raw",
+    topic = app.topic(*(settings.topic_prefix + t for t in TOPICS[name]), key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
     state: dict = {}
 

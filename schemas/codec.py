@@ -28,10 +28,11 @@ class DecodeError(ValueError):
 class EventCodec:
     """Encode/decode the envelopes of one topic. Thread-safe after construction (caches only grow)."""
 
-    def __init__(self, topic: str, schema_id: int, fetch_writer: Callable[[int], dict] | None = None) -> None:
+    def __init__(self, topic: str, schema_id: int, fetch_writer: Callable[[int], dict] | None = None,
+                 schema_name: str | None = None) -> None:
         self.topic = topic
         self.schema_id = schema_id
-        self.schema: Schema = fastavro.parse_schema(load_schema(topic))
+        self.schema: Schema = fastavro.parse_schema(load_schema(schema_name or topic))
         self._header = _HEADER.pack(MAGIC, schema_id)
         self._fetch_writer = fetch_writer
         self._writers: dict[int, Schema] = {schema_id: self.schema}
@@ -69,8 +70,9 @@ class EventCodec:
         return writer
 
 
-def register_codecs(client, topics: tuple[str, ...]) -> dict[str, EventCodec]:
-    """Register each topic's schema (a no-op when already registered) and build its codec."""
+def register_codecs(client, topics: tuple[str, ...], prefix: str = "") -> dict[str, EventCodec]:
+    """Register each topic's schema (a no-op when already registered) and build its codec, keyed by the
+    topic's full name `<prefix><topic>`; the subject follows the full name (TopicNameStrategy)."""
     from confluent_kafka.schema_registry import Schema as RegistrySchema
 
     def fetch(schema_id: int) -> dict:
@@ -78,6 +80,7 @@ def register_codecs(client, topics: tuple[str, ...]) -> dict[str, EventCodec]:
 
     codecs = {}
     for topic in topics:
-        schema_id = client.register_schema(subject_for(topic), RegistrySchema(json.dumps(load_schema(topic)), "AVRO"))
-        codecs[topic] = EventCodec(topic, schema_id, fetch)
+        full = prefix + topic
+        schema_id = client.register_schema(subject_for(full), RegistrySchema(json.dumps(load_schema(topic)), "AVRO"))
+        codecs[full] = EventCodec(full, schema_id, fetch, schema_name=topic)
     return codecs

@@ -224,7 +224,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                    max_size=settings.db_pool_max, open=False, timeout=10,
                                    kwargs={"connect_timeout": max(1, int(settings.connect_timeout_s))})
         await pool.open(wait=True, timeout=settings.connect_timeout_s * 3)
-        app.state.handlers = CommandHandlers(pool, codecs)
+        app.state.handlers = CommandHandlers(pool, codecs, topic_prefix=settings.topic_prefix)
         relay = OutboxRelay(settings) if settings.outbox_relay_enabled else None
         relay_task = asyncio.create_task(relay.run(), name="outbox-relay") if relay else None
         app.state.relay = relay

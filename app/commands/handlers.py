@@ -61,9 +61,10 @@ class CommandHandlers:
     """Application service behind the HTTP gateway; stateless apart from the pool and codecs."""
 
     def __init__(self, pool: AsyncConnectionPool, codecs: dict[str, EventCodec],
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc), topic_prefix: str = "") -> None:
         self.pool = pool
         self.codecs = codecs
+        self.topic_prefix = topic_prefix
         self.clock = clock
 
     def _outbox_rows(self, events: tuple[DomainEvent, ...] | list[DomainEvent], ctx: CommandContext) -> list[dict]:
@@ -71,7 +72,7 @@ class CommandHandlers:
         rows = []
         for event in events:
             event_id = str(uuid.uuid4())
-            topic = event.aggregate_type.topic
+            topic = self.topic_prefix + event.aggregate_type.topic
             envelope = {
                 "event_id": event_id, "event_type": event.event_type, "aggregate_id": event.aggregate_id,
                 "sequence_number": event.sequence_number, "occurred_at": occurred_at,
