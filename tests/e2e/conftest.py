@@ -190,13 +190,13 @@ def spawn_gateway(setup_done: None, gateway_logs: Path) -> Iterator:
 
 @pytest.fixture(scope="module")
 def spawn_query_api(setup_done: None, gateway_logs: Path) -> Iterator:
-    """spawn_query_api(name, **env) -> a running `cqrs query-api` process (ready: /readyz answered 200)
-    on a free port, with `base_url`; all of them are stopped when the module's tests end."""
+    """spawn_query_api(name, ready_path="/readyz", **env) -> a running `cqrs query-api` process on a free
+    port (`base_url`), once `ready_path` answered 200; all of them are stopped when the module's tests end."""
     started: list[processes.AppProcess] = []
 
-    def spawn(name: str = "query-api", **env: str) -> processes.AppProcess:
+    def spawn(name: str = "query-api", ready_path: str = "/readyz", **env: str) -> processes.AppProcess:
         app = processes.start(f"query-api-{name}", ["query-api"], log_dir=gateway_logs, port=free_port(),
-                              env={"PYTHONUNBUFFERED": "1", **env}, timeout=READY_TIMEOUT_S)
+                              env={"PYTHONUNBUFFERED": "1", **env}, ready_path=ready_path, timeout=READY_TIMEOUT_S)
         started.append(app)
         return app
 

@@ -1,0 +1,405 @@
+"""The HTTP query API. It reads the read models the projections maintain (app/read_models.py): order
+views and customer histories in MongoDB, the product index in Elasticsearch, sales counters in Redis.
+Hot reads are cached in Redis (app/queries/cache.py). An order its projection has not written yet is
+read from the write model and marked `"freshness": "stale"`."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from enum import Enum
+from typing import Annotated, Any
+
+import orjson
+import psycopg
+from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
+from fastapi import APIRouter, FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import Counter, Histogram, make_asgi_app
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from pydantic import BaseModel, Field
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
+
+from app.commands import store
+from app.http.errors import error_body, install_error_handlers
+from app.http.limits import BodySizeLimit
+from app.http.metrics import LATENCY_BUCKETS, RouteLatency
+from app.queries import reads
+from app.queries.cache import Lookup, QueryCache
+from app.read_models import CUSTOMER_HISTORY, ORDER_VIEWS, sales_day_key
+from app.settings import Settings, get_settings
+from connectors.redis import async_redis_client
+from domain.errors import InvalidCommand, NotFound
+
+log = logging.getLogger(__name__)
+
+QUERY_LATENCY = Histogram("query_duration_seconds", "Query handling time by query and HTTP status",
+                          ["query", "outcome"], buckets=LATENCY_BUCKETS)
+CACHE_LOOKUPS = Counter("query_cache", "Query cache lookups by query and result (hit, miss, error)",
+                        ["query", "result"])
+
+ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+DAY_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+OrderId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN, description="Order id")]
+CustomerId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN, description="Customer id")]
+PageNo = Annotated[int, Query(ge=1, le=reads.MAX_RESULT_WINDOW, description="1-based page number")]
+PageSize = Annotated[int, Query(ge=1, le=100, description="Results per page (1-100)")]
+JSON = "application/json"
+
+
+# ---- response documents (OpenAPI) -----------------------------------------------------------------
+
+class Error(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class OrderItem(BaseModel):
+    product_id: str
+    product_name: str | None
+    product_image: str | None
+    quantity: int
+    unit_price: str = Field(description="Decimal string, e.g. \"79.99\"")
+
+
+class OrderView(BaseModel):
+    order_id: str
+    customer_id: str
+    customer_name: str | None
+    customer_email: str | None
+    items: list[OrderItem]
+    total: str = Field(description="Decimal string")
+    status: str
+    tracking_number: str | None
+    created_at: str = Field(description="ISO-8601 UTC, e.g. 2024-05-01T10:00:00.000Z")
+    updated_at: str | None
+    last_seq: int | None = Field(description="Sequence number of the last order event reflected")
+    freshness: str = Field(description="`fresh`: from the order view; `stale`: from the write model because "
+                                       "the view is not written yet")
+
+
+class HistoryProduct(BaseModel):
+    product_id: str
+    name: str | None
+    price: str
+    image_url: str | None
+    quantity: int
+
+
+class HistoryOrder(BaseModel):
+    order_id: str
+    date: str
+    total: str
+    status: str
+    products: list[HistoryProduct]
+    last_seq: int | None
+
+
+class CustomerOrders(BaseModel):
+    customer_id: str
+    orders: list[HistoryOrder]
+    page: int
+    size: int
+    total: int
+
+
+class ProductHit(BaseModel):
+    product_id: str
+    name: str
+    category: str
+    price: float
+    price_text: str
+    rating: float | None
+    in_stock: bool
+    image_url: str | None
+    purchase_count: int
+
+
+class SearchResults(BaseModel):
+    results: list[ProductHit]
+    total: int
+    took_ms: int
+    page: int
+    size: int
+
+
+class HourSales(BaseModel):
+    hour: str = Field(description="00-23 (UTC)")
+    orders: int
+    revenue: str
+
+
+class SalesDay(BaseModel):
+    day: str
+    orders: int
+    revenue: str
+    hours: list[HourSales]
+
+
+class Sort(str, Enum):
+    relevance = "relevance"
+    price_asc = "price_asc"
+    price_desc = "price_desc"
+    rating = "rating"
+    newest = "newest"
+    popular = "popular"
+
+
+ERRORS = {422: {"model": Error, "description": "Invalid parameter (`field` names it)"},
+          503: {"model": Error, "description": "A store the query needs is unavailable"}}
+NOT_FOUND = {404: {"model": Error}}
+
+
+# ---- wiring ---------------------------------------------------------------------------------------
+
+class Stores:
+    """The clients one query API process shares between requests."""
+
+    def __init__(self, settings: Settings) -> None:
+        timeout_ms = int(settings.connect_timeout_s * 1000)
+        self.mongo = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=timeout_ms,
+                                      connectTimeoutMS=timeout_ms, socketTimeoutMS=int(settings.query_timeout_s * 1000),
+                                      retryWrites=False, tz_aware=True)
+        self.db = self.mongo[settings.mongo_database]
+        self.es = AsyncElasticsearch(settings.elasticsearch_url, request_timeout=settings.query_timeout_s,
+                                     max_retries=1, retry_on_timeout=False)
+        self.redis = async_redis_client(settings)
+        self.cache = QueryCache(self.redis)
+        self.pool = AsyncConnectionPool(settings.write_db_url, min_size=1, max_size=settings.db_pool_max,
+                                        open=False, timeout=settings.query_timeout_s,
+                                        kwargs={"autocommit": True,
+                                                "connect_timeout": max(1, int(settings.connect_timeout_s))})
+        self.products_alias = settings.es_products_alias
+
+    async def open(self) -> None:
+        # Not waiting for PostgreSQL: the read models can be served while the write model is away;
+        # /readyz reports each store.
+        await self.pool.open(wait=False)
+
+    async def close(self) -> None:
+        for closing in (self.pool.close(), self.es.close(), self.redis.aclose(), self.mongo.close()):
+            with contextlib.suppress(Exception):
+                await closing
+
+    async def checks(self, timeout: float = 2.0) -> dict[str, str]:
+        async def postgres() -> None:
+            async with self.pool.connection(timeout=timeout) as conn:
+                await conn.execute("select 1")
+
+        async def elasticsearch() -> None:
+            if not await self.es.options(request_timeout=timeout).ping():
+                raise ConnectionError("no answer")
+
+        probes: dict[str, Awaitable[Any]] = {"mongodb": self.db.command("ping"), "elasticsearch": elasticsearch(),
+                                             "redis": self.redis.ping(), "postgresql": postgres()}
+        results = await asyncio.gather(*(asyncio.wait_for(p, timeout) for p in probes.values()),
+                                       return_exceptions=True)
+        return {name: "ok" if not isinstance(r, BaseException) else
+                (f"{type(r).__name__}: {r}".splitlines()[0][:200] if str(r) else type(r).__name__)
+                for name, r in zip(probes, results)}
+
+
+def stores(request: Request) -> Stores:
+    return request.app.state.stores
+
+
+def json_response(body: bytes | str, status_code: int = 200, cache: str | None = None) -> Response:
+    return Response(body, status_code=status_code, media_type=JSON, headers={"X-Cache": cache} if cache else None)
+
+
+def dumps(body: Any) -> bytes:
+    return orjson.dumps(body)
+
+
+async def cache_lookup(query: str, lookup: Awaitable[Lookup]) -> Lookup | None:
+    """A cache lookup that never fails the request: Redis trouble counts as an error and reads through."""
+    try:
+        found = await lookup
+    except RedisError as exc:
+        log.warning("query cache unavailable: %s", exc)
+        CACHE_LOOKUPS.labels(query, "error").inc()
+        return None
+    CACHE_LOOKUPS.labels(query, "hit" if found.hit else "miss").inc()
+    return found
+
+
+async def cache_settle(cache: QueryCache, lookup: Lookup | None, value: bytes | None) -> None:
+    """Fill a miss with `value`, or give its lease back when there is nothing to cache."""
+    if lookup is None or lookup.hit:
+        return
+    try:
+        if value is None:
+            await cache.release(lookup)
+        else:
+            await cache.fill(lookup, value.decode())
+    except RedisError as exc:
+        log.warning("query cache unavailable: %s", exc)
+
+
+# ---- queries --------------------------------------------------------------------------------------
+
+router = APIRouter(prefix="/api")
+
+
+@router.get("/orders/{order_id}", name="GetOrder", response_model=OrderView, responses={**NOT_FOUND, **ERRORS},
+            summary="One order, from its view or (while the projection lags) from the write model")
+async def get_order(order_id: OrderId, request: Request) -> Response:
+    s = stores(request)
+    lookup = await cache_lookup("GetOrder", s.cache.order(order_id))
+    if lookup is not None and lookup.hit:
+        return json_response(lookup.value, cache="hit")
+    body: bytes | None = None
+    try:
+        doc = await s.db[ORDER_VIEWS].find_one({"_id": order_id})
+        if doc is not None:
+            body = dumps(reads.order_body(doc, reads.FRESH))
+    finally:
+        await cache_settle(s.cache, lookup, body)
+    if body is not None:
+        return json_response(body, cache="miss")
+    async with s.pool.connection() as conn:
+        snapshot = await store.order_snapshot(conn, order_id)
+    if snapshot is None:
+        raise NotFound(f"order {order_id} not found", code="order_not_found", field="order_id")
+    return json_response(dumps(reads.snapshot_body(snapshot)), cache="bypass")
+
+
+@router.get("/customers/{customer_id}/orders", name="CustomerOrders", response_model=CustomerOrders,
+            responses={**NOT_FOUND, **ERRORS}, summary="A customer's orders, newest first, paginated")
+async def customer_orders(customer_id: CustomerId, request: Request, page: PageNo = 1, size: PageSize = 20) -> Response:
+    s = stores(request)
+    lookup = await cache_lookup("CustomerOrders", s.cache.customer_page(customer_id, page, size))
+    if lookup is not None and lookup.hit:
+        return json_response(lookup.value, cache="hit")
+    body: bytes | None = None
+    try:
+        doc = await s.db[CUSTOMER_HISTORY].find_one({"_id": customer_id})
+        if doc is not None:
+            body = dumps(reads.history_page(customer_id, doc, page, size))
+    finally:
+        await cache_settle(s.cache, lookup, body)
+    if body is not None:
+        return json_response(body, cache="miss")
+    async with s.pool.connection() as conn:
+        customer = await store.load_customer(conn, customer_id)
+    if customer is None:
+        raise NotFound(f"customer {customer_id} not found", code="customer_not_found", field="customer_id")
+    return json_response(dumps(reads.history_page(customer_id, None, page, size)), cache="bypass")
+
+
+@router.get("/products/search", name="SearchProducts", response_model=SearchResults, responses=ERRORS,
+            summary="Full-text product search with filters, sorting and pagination")
+async def search_products(
+        request: Request,
+        q: Annotated[str | None, Query(max_length=200, description="Words to find in name, tags, description")] = None,
+        category: Annotated[str | None, Query(max_length=100, description="Exact category")] = None,
+        min_price: Annotated[Decimal | None, Query(ge=0, le=10**10)] = None,
+        max_price: Annotated[Decimal | None, Query(ge=0, le=10**10)] = None,
+        in_stock: Annotated[bool | None, Query(description="Only products in (true) or out of (false) stock")] = None,
+        sort: Annotated[Sort, Query(description="Result order")] = Sort.relevance,
+        page: PageNo = 1, size: PageSize = 20) -> Response:
+    if min_price is not None and max_price is not None and min_price > max_price:
+        raise InvalidCommand("min_price must not exceed max_price", field="min_price")
+    if page * size > reads.MAX_RESULT_WINDOW:
+        raise InvalidCommand(f"page * size must not exceed {reads.MAX_RESULT_WINDOW}", field="page")
+    q = (q or "").strip() or None
+    category = (category or "").strip() or None
+    s = stores(request)
+    body = reads.search_request(q=q, category=category, min_price=min_price, max_price=max_price,
+                                in_stock=in_stock, sort=sort.value, page=page, size=size)
+    try:
+        # ignore_unavailable: before the first index exists the alias is missing -> no results, not an error
+        found = await s.es.search(index=s.products_alias, ignore_unavailable=True, from_=body.pop("from"), **body)
+    except NotFoundError:
+        return json_response(dumps(reads.empty_search(page, size)))
+    return json_response(dumps(reads.search_body(found.body, page, size)))
+
+
+@router.get("/dashboard/sales", name="SalesDashboard", response_model=SalesDay, responses=ERRORS,
+            summary="A day's orders and revenue, in total and per UTC hour")
+async def sales_dashboard(
+        request: Request,
+        day: Annotated[str | None, Query(description="YYYY-MM-DD (UTC); today if omitted")] = None) -> Response:
+    when = parse_day(day) if day is not None else datetime.now(timezone.utc).date()
+    counters = await stores(request).redis.hgetall(sales_day_key(when.isoformat()))
+    return json_response(dumps(reads.sales_body(when, counters)))
+
+
+def parse_day(value: str) -> date:
+    if not DAY_PATTERN.fullmatch(value):
+        raise InvalidCommand("day must be a date as YYYY-MM-DD", field="day")
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise InvalidCommand(f"day {value} is not a calendar date", field="day") from None
+
+
+# ---- the app --------------------------------------------------------------------------------------
+
+UNAVAILABLE: dict[type[BaseException], str] = {
+    PyMongoError: "mongodb", TransportError: "elasticsearch", ApiError: "elasticsearch", RedisError: "redis",
+    psycopg.Error: "postgresql", PoolTimeout: "postgresql",
+}
+
+
+def install_unavailable_handlers(app: FastAPI) -> None:
+    """A store that fails or times out answers 503 naming it, in the common error shape. (An
+    Elasticsearch 4xx other than 429 is a malformed request of ours: 500.)"""
+    for exc_type, service in UNAVAILABLE.items():
+        async def unavailable(_: Request, exc: Exception, service: str = service) -> JSONResponse:
+            log.warning("%s failed: %s: %s", service, type(exc).__name__, exc)
+            if isinstance(exc, ApiError) and 400 <= exc.meta.status < 500 and exc.meta.status != 429:
+                return JSONResponse(error_body("internal_error", f"{service} refused the query"), status_code=500)
+            return JSONResponse(error_body("service_unavailable", f"{service} is unavailable", service=service),
+                                status_code=503, headers={"Retry-After": "1"})
+
+        app.add_exception_handler(exc_type, unavailable)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.stores = Stores(settings)
+        await app.state.stores.open()
+        try:
+            yield
+        finally:
+            await app.state.stores.close()
+
+    app = FastAPI(title="CQRS query API", version="0.1.0", lifespan=lifespan,
+                  description="Reads the denormalized read models (MongoDB order views and histories, the "
+                              "Elasticsearch product index, Redis sales counters). Order and history reads are "
+                              "cached in Redis (`X-Cache: hit|miss|bypass`); an order not yet projected is read "
+                              "from the write model and answered with `\"freshness\": \"stale\"`.")
+    app.state.settings = settings
+    install_error_handlers(app)
+    install_unavailable_handlers(app)
+    app.include_router(router)
+
+    @app.get("/healthz", name="healthz", include_in_schema=False)
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", name="readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        checks = await stores(request).checks()
+        failed = {name: result for name, result in checks.items() if result != "ok"}
+        if failed:
+            name, reason = next(iter(failed.items()))
+            return JSONResponse({"status": "unavailable", "reason": f"{name}: {reason}", "checks": checks},
+                                status_code=503)
+        return JSONResponse({"status": "ready", "checks": checks})
+
+    app.mount("/metrics", make_asgi_app())
+    app.add_middleware(RouteLatency, histogram=QUERY_LATENCY, label="query")
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app
