@@ -11,15 +11,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
-from prometheus_client import Histogram, make_asgi_app
+from prometheus_client import Histogram
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.commands.handlers import CommandContext, CommandHandlers, CommandResult, request_fingerprint
 from app.commands.relay import OutboxRelay
-from app.http.errors import error_body, install_error_handlers
-from app.http.limits import BodySizeLimit
-from app.http.metrics import LATENCY_BUCKETS, RouteLatency
+from app.http.errors import error_body
+from app.http.metrics import LATENCY_BUCKETS
+from app.http.service import service_app
 from app.settings import Settings, get_settings
 from app.setup import prepare_event_codecs
 from domain.errors import InvalidCommand
@@ -236,16 +236,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await asyncio.wait_for(relay_task, 15)
             await pool.close()
 
-    app = FastAPI(title="CQRS command gateway", version="0.1.0", lifespan=lifespan,
-                  description="Commands change the PostgreSQL write model and emit Avro events through a "
-                              "transactional outbox. Responses never wait for read models.")
-    app.state.settings = settings
-    install_error_handlers(app)
+    app = service_app(title="CQRS command gateway", lifespan=lifespan, settings=settings,
+                      latency=COMMAND_LATENCY, label="command",
+                      description="Commands change the PostgreSQL write model and emit Avro events through a "
+                                  "transactional outbox. Responses never wait for read models.")
     app.include_router(router)
-
-    @app.get("/healthz", name="healthz", include_in_schema=False)
-    async def healthz() -> dict:
-        return {"status": "ok"}
 
     @app.get("/readyz", name="readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
@@ -256,8 +251,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse({"status": "unavailable", "reason": str(exc).splitlines()[0]}, status_code=503)
         relay = request.app.state.relay
         return JSONResponse({"status": "ready", "relay_leader": bool(relay and relay.is_leader)})
-
-    app.mount("/metrics", make_asgi_app())
-    app.add_middleware(RouteLatency, histogram=COMMAND_LATENCY, label="command")
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -19,7 +19,7 @@ import psycopg
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import Counter, Histogram, make_asgi_app
+from prometheus_client import Counter, Histogram
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from pydantic import BaseModel, Field
 from pymongo import AsyncMongoClient
@@ -27,9 +27,9 @@ from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
 from app.commands import store
-from app.http.errors import error_body, install_error_handlers
-from app.http.limits import BodySizeLimit
-from app.http.metrics import LATENCY_BUCKETS, RouteLatency
+from app.http.errors import error_body
+from app.http.metrics import LATENCY_BUCKETS
+from app.http.service import service_app
 from app.queries import reads
 from app.queries.cache import Lookup, QueryCache
 from app.read_models import CUSTOMER_HISTORY, ORDER_VIEWS, sales_day_key
@@ -375,19 +375,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await app.state.stores.close()
 
-    app = FastAPI(title="CQRS query API", version="0.1.0", lifespan=lifespan,
-                  description="Reads the denormalized read models (MongoDB order views and histories, the "
-                              "Elasticsearch product index, Redis sales counters). Order and history reads are "
-                              "cached in Redis (`X-Cache: hit|miss|bypass`); an order not yet projected is read "
-                              "from the write model and answered with `\"freshness\": \"stale\"`.")
-    app.state.settings = settings
-    install_error_handlers(app)
+    app = service_app(title="CQRS query API", lifespan=lifespan, settings=settings, latency=QUERY_LATENCY,
+                      label="query",
+                      description="Reads the denormalized read models (MongoDB order views and histories, the "
+                                  "Elasticsearch product index, Redis sales counters). Order and history reads are "
+                                  "cached in Redis (`X-Cache: hit|miss|bypass`); an order not yet projected is read "
+                                  "from the write model and answered with `\"freshness\": \"stale\"`.")
     install_unavailable_handlers(app)
     app.include_router(router)
-
-    @app.get("/healthz", name="healthz", include_in_schema=False)
-    async def healthz() -> dict:
-        return {"status": "ok"}
 
     @app.get("/readyz", name="readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
@@ -398,8 +393,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return JSONResponse({"status": "unavailable", "reason": f"{name}: {reason}", "checks": checks},
                                 status_code=503)
         return JSONResponse({"status": "ready", "checks": checks})
-
-    app.mount("/metrics", make_asgi_app())
-    app.add_middleware(RouteLatency, histogram=QUERY_LATENCY, label="query")
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

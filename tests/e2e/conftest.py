@@ -6,6 +6,8 @@ compete for the relay lock; the gateway fixture fails with the lock holder's add
 """
 from __future__ import annotations
 
+import contextlib
+
 import os
 import signal
 import socket
@@ -173,19 +175,28 @@ def gateway(session_gateway: Gateway) -> Gateway:
     return session_gateway
 
 
-@pytest.fixture
-def spawn_gateway(setup_done: None, gateway_logs: Path) -> Iterator:
-    """Start extra gateways for one test; all of them are stopped when it ends."""
+@contextlib.contextmanager
+def gateway_spawner(log_dir: Path) -> Iterator:
+    """spawn(name, **env) starts extra gateways; all of them are stopped when the block ends."""
     started: list[Gateway] = []
 
     def spawn(name: str, **env: str) -> Gateway:
-        gw = Gateway(name, gateway_logs, env=env).start()
+        gw = Gateway(name, log_dir, env=env).start()
         started.append(gw)
         return gw
 
-    yield spawn
-    for gw in started:
-        gw.stop()
+    try:
+        yield spawn
+    finally:
+        for gw in started:
+            gw.stop()
+
+
+@pytest.fixture
+def spawn_gateway(setup_done: None, gateway_logs: Path) -> Iterator:
+    """Start extra gateways for one test; all of them are stopped when it ends."""
+    with gateway_spawner(gateway_logs) as spawn:
+        yield spawn
 
 
 @pytest.fixture(scope="module")
