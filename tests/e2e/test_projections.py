@@ -263,3 +263,38 @@ def test_dead_letters_are_listed_and_replayed_through_the_cli(workers, settings:
         m for m in _dead_letters_since(settings, start) if m.key() == key.encode()
         and dict(m.headers()).get("dlq.replayed_from")] or None)
     assert describe(back[0].headers())["reason"] == "decode_error"
+
+
+def test_commands_become_visible_through_the_query_api(workers, client, spawn_query_api, settings: Settings):
+    """The seed's story end to end: add a product, search it, order it, read the order, the history
+    and the dashboard through the query API."""
+    import httpx
+
+    api = spawn_query_api("flow")
+    unique = uuid.uuid4().hex[:8]
+    customer = create_customer(client, name="John Doe")
+    product = create_product(client, price="79.99", stock=20, name=f"Wireless Headphones {unique}",
+                             category="Electronics", tags=["wireless", "bluetooth", "audio"],
+                             description="Noise-cancelling Bluetooth headphones with 20-hour battery")
+    with httpx.Client(base_url=api.base_url, timeout=10) as q:
+        found = wait_until("product in search", lambda: [
+            r for r in q.get("/api/products/search", params={"q": f"wireless headphones {unique}",
+                                                               "category": "Electronics",
+                                                               "max_price": 100}).json()["results"]
+            if r["product_id"] == product])
+        assert found[0]["price"] == 79.99 and found[0]["in_stock"] is True
+
+        order = create_order(client, customer, [(product, 1)])["order_id"]
+        view = wait_until("fresh order view", lambda: (lambda r: r if r.get("freshness") == "fresh" else None)(
+            q.get(f"/api/orders/{order}").json()))
+        assert view["customer_name"] == "John Doe" and view["total"] == "79.99" and view["status"] == "pending"
+        assert view["items"][0]["product_name"] == f"Wireless Headphones {unique}"
+
+        history = wait_until("history", lambda: q.get(f"/api/customers/{customer}/orders").json()["orders"])
+        assert [o["order_id"] for o in history] == [order]
+
+        assert client.post(f"/api/orders/{order}/ship").status_code == 202
+        wait_until("shipped through the API (cache invalidated)",
+                   lambda: q.get(f"/api/orders/{order}").json()["status"] == "shipped")
+        dashboard = q.get("/api/dashboard/sales").json()
+        assert dashboard["orders"] >= 1 and len(dashboard["hours"]) == 24
