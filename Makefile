@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STACK := deploy/local/stack
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack-up stack-down stack-status stack-logs demo test test-unit bench-commands clean
+.PHONY: help venv stack-up stack-down stack-status stack-logs demo test test-unit bench-commands bench-projections clean
 
 help:
 	@echo "make demo         bring the local stack up and run the main job"
@@ -47,3 +47,6 @@ clean:
 
 bench-commands: venv stack-up
 	$(BIN)/python -m benchmarks.commands
+
+bench-projections: venv stack-up
+	$(BIN)/python -m benchmarks.projections

@@ -1,8 +1,10 @@
 """Order views and customer order history (MongoDB) from order-events, enriched per batch.
 
-State is the stored view itself (it carries `last_seq`), loaded with one `_id $in` query per batch;
+State is the stored view itself (it carries `last_seq`), loaded by `_id` per batch (agents.read_store);
 reference data (product names and images, customer names and emails) comes from one write-model
-query per batch. Views are replaced whole (idempotent); a customer's history entry for an order is
+query per batch. Views are replaced whole (idempotent): views that were not stored when the batch
+loaded them are inserted in one bulk insert (much cheaper than upserts on the local read store), and
+any that turns out to exist by then is replaced instead. A customer's history entry for an order is
 set as one field of the customer's document, so workers owning different orders never collide.
 """
 from __future__ import annotations
@@ -11,11 +13,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
-from pymongo import ReplaceOne, UpdateOne
+from pymongo import InsertOne, ReplaceOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
 
+from agents.read_store import bulk_write_unordered, find_by_ids
 from app.read_models import CUSTOMER_HISTORY, ORDER_VIEWS, customer_history_cache_key, order_cache_key
 from domain.views import ReferenceData, apply_order_event, order_summary
+
+DUPLICATE_KEY = 11000
 
 
 class OrderViews:
@@ -25,10 +31,12 @@ class OrderViews:
         self.db = db
         self.write_db = write_db
         self.redis = redis
+        self._stored: set[str] = set()   # ids of the views the last load found
 
     async def load(self, aggregate_ids: list[str]) -> dict[str, Any]:
-        cursor = self.db[ORDER_VIEWS].find({"_id": {"$in": aggregate_ids}})
-        return {doc["_id"]: doc async for doc in cursor}
+        views = await find_by_ids(self.db[ORDER_VIEWS], aggregate_ids)
+        self._stored = set(views)
+        return views
 
     def last_seq(self, state: Any) -> int:
         return state["last_seq"] if state else 0
@@ -59,14 +67,30 @@ class OrderViews:
 
     async def write(self, changed: dict[str, Any]) -> dict[str, str]:
         views = list(changed.values())
-        await self.db[ORDER_VIEWS].bulk_write([ReplaceOne({"_id": v["_id"]}, v, upsert=True) for v in views],
-                                              ordered=False)
-        await self.db[CUSTOMER_HISTORY].bulk_write(
-            [UpdateOne({"_id": v["customer_id"]},
-                       {"$set": {"customer_id": v["customer_id"], f"orders.{v['order_id']}": order_summary(v)}},
-                       upsert=True) for v in views], ordered=False)
+        await self._write_views(views)
+        await bulk_write_unordered(self.db[CUSTOMER_HISTORY], [
+            (v["customer_id"], UpdateOne({"_id": v["customer_id"]},
+                                         {"$set": {"customer_id": v["customer_id"],
+                                                   f"orders.{v['order_id']}": order_summary(v)}}, upsert=True))
+            for v in views])
         if self.redis is not None:
             keys = {order_cache_key(v["order_id"]) for v in views} | {customer_history_cache_key(v["customer_id"])
                                                                        for v in views}
             await self.redis.delete(*keys)
         return {}
+
+    async def _write_views(self, views: list[dict[str, Any]]) -> None:
+        """Replace the stored views whole; insert the ones that were not stored, and replace any of those
+        the store already holds after all (a duplicate key), so the outcome is that of an upsert."""
+        ops = [(v["_id"], ReplaceOne({"_id": v["_id"]}, v, upsert=True) if v["_id"] in self._stored else InsertOne(v))
+               for v in views]
+        try:
+            await bulk_write_unordered(self.db[ORDER_VIEWS], ops)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if exc.details.get("writeConcernErrors") or any(
+                    e.get("code") != DUPLICATE_KEY or not isinstance(ops[e["index"]][1], InsertOne) for e in errors):
+                raise
+            await bulk_write_unordered(self.db[ORDER_VIEWS], [
+                (views[e["index"]]["_id"], ReplaceOne({"_id": views[e["index"]]["_id"]}, views[e["index"]], upsert=True))
+                for e in errors])

@@ -20,6 +20,7 @@ from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
+from agents.read_store import bulk_write_unordered
 from app.read_models import PRODUCT_STATS, PRODUCTS_ALIAS, SALES_PREFIX
 from domain.views import OrderFacts, apply_order_facts, sales_contributions
 
@@ -124,6 +125,9 @@ class SalesStats:
         await self.sync_products()
         return {}
 
+    async def tick(self) -> None:
+        await self.sync_products()
+
     async def sync_products(self) -> None:
         """Copy the counters of products changed since their last copy into MongoDB and Elasticsearch."""
         product_ids = await self.redis.srandmember(DIRTY, self.sync_limit)
@@ -137,13 +141,13 @@ class SalesStats:
         # Conditional on `version`, so a slower worker never overwrites newer figures. Missing documents
         # are inserted (a concurrent insert of the same product loses with a duplicate key, harmlessly).
         existing = {d["_id"] async for d in self.db[PRODUCT_STATS].find({"_id": {"$in": list(figures)}}, {"_id": 1})}
-        ops = [UpdateOne({"_id": pid, "version": {"$lt": v}},
-                         {"$set": {"purchase_count": c, "units_sold": u, "version": v}})
-               if pid in existing else
-               InsertOne({"_id": pid, "product_id": pid, "purchase_count": c, "units_sold": u, "version": v})
+        ops = [(pid, UpdateOne({"_id": pid, "version": {"$lt": v}},
+                               {"$set": {"purchase_count": c, "units_sold": u, "version": v}})
+                if pid in existing else
+                InsertOne({"_id": pid, "product_id": pid, "purchase_count": c, "units_sold": u, "version": v}))
                for pid, (c, u, v) in figures.items()]
         try:
-            await self.db[PRODUCT_STATS].bulk_write(ops, ordered=False)
+            await bulk_write_unordered(self.db[PRODUCT_STATS], ops)
         except BulkWriteError as exc:
             real = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
             if real:

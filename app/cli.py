@@ -97,7 +97,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.host)
     app = create_worker_app(args.projection, settings)
-    Worker(app, loglevel=args.log_level.upper(), quiet=True).execute_from_commandline()
+    worker = Worker(app, loglevel=args.log_level.upper(), quiet=True)
+    # Faust's startup spinner sets the root logger to DEBUG for good (at WARNING and above), so every debug
+    # call of aiokafka, pymongo and Faust would build a log record only to drop it: no spinner, no DEBUG.
+    worker.spinner = None
+    worker.execute_from_commandline()
     return 0
 
 

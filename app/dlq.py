@@ -97,16 +97,23 @@ def replay(settings: Settings, *, projection: str | None = None, dry_run: bool =
     count = 0
     last: dict[int, int] = {}
     group = f"{REPLAY_GROUP}-{projection}" if projection else REPLAY_GROUP
+    existing = set(kafka.admin_client(settings).list_topics(timeout=settings.connect_timeout_s).topics)
+    gone: dict[str, int] = {}
     for letter in read_dead_letters(settings, group=group):
         last[letter.partition] = letter.offset
         meta = letter.meta
         if projection and meta.get("projection") != projection:
+            continue
+        if meta.get("source_topic") not in existing:
+            gone[meta.get("source_topic", "?")] = gone.get(meta.get("source_topic", "?"), 0) + 1
             continue
         if not dry_run:
             producer.produce(meta["source_topic"], key=letter.key, value=letter.value,
                              headers=[*letter.original_headers(), ("dlq.replayed_from", f"{letter.partition}@"
                                                                    f"{letter.offset}".encode())])
         count += 1
+    for topic, n in sorted(gone.items()):
+        print(f"skipped {n} dead letter(s) whose source topic {topic} no longer exists")
     if dry_run:
         return count
     if producer.flush(30):

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
                                          description="Appended to each projection's consumer group (tests, rebuilds).")
     projection_start: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a new consumer group starts reading.")
+    worker_session_timeout_s: float = Field(10.0, ge=3, le=300,
+                                            description="How soon a dead worker's partitions move to another.")
+    projection_tick_s: float = Field(2.0, gt=0, le=300, description="Interval of a projection's periodic upkeep.")
     gap_hold_seconds: float = Field(30.0, gt=0, le=3600, description="How long a sequence gap is held.")
 
     @property

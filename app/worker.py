@@ -68,6 +68,9 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
         stream_buffer_maxsize=max(4096, settings.projection_batch_size * 2),
         broker_commit_interval=1.0,
         table_standby_replicas=0,
+        broker_session_timeout=settings.worker_session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.worker_session_timeout_s / 4),
+        broker_rebalance_timeout=settings.worker_session_timeout_s * 2,
     )
     progress = TableProgress(app, name, settings.topic_partitions)
     topic = app.topic(*(settings.topic_prefix + t for t in TOPICS[name]), key_type=bytes, value_type=bytes, key_serializer="raw",
@@ -92,6 +95,17 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
                 last = max(e.message.offset for e in events if e.message.tp == tp)
                 if highwater is not None:
                     OFFSET_LAG.labels(name, tp.topic, str(tp.partition)).set(max(0, highwater - last - 1))
+
+    @app.timer(interval=settings.projection_tick_s)
+    async def tick() -> None:
+        """Periodic upkeep of a projection (e.g. re-copying figures a sink did not take yet)."""
+        processor = state.get("processor")
+        upkeep = getattr(processor.projection, "tick", None) if processor else None
+        if upkeep is not None:
+            try:
+                await upkeep()
+            except Exception as exc:  # upkeep retries on the next tick
+                log.warning("%s upkeep failed: %s", name, exc)
 
     @app.on_before_shutdown.connect
     async def close(app_, **kwargs) -> None:  # noqa: ARG001 - signal signature

@@ -2,13 +2,11 @@
 Elasticsearch and Redis. Each run uses fresh consumer groups starting at the end of the topics."""
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
