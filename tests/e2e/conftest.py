@@ -412,6 +412,17 @@ def wait_for_events(kafka_events) -> Any:
     return wait
 
 
+def refused(r: httpx.Response, status: int, code: str, field: str | None = None) -> dict:
+    """The error answer of a refused request: status, machine-readable code, message and field."""
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["code"] == code, body
+    assert body["message"]
+    if field is not None:
+        assert body.get("field") == field, body
+    return body
+
+
 def money(value: Any) -> Decimal:
     """A response/event amount as an exact Decimal (refusing floats, which would hide rounding)."""
     assert not isinstance(value, float), f"amount {value!r} is a float"

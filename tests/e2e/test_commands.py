@@ -21,8 +21,17 @@ import pytest
 from app.commands.relay import RELAY_LOCK_KEY
 from connectors import registry
 from tests.e2e.conftest import (
-    create_customer, create_order, create_product, deadline, make_client, money, nothing_written,
-    relay_lock_holder, stock_of, unique_email,
+    create_customer,
+    create_order,
+    create_product,
+    deadline,
+    make_client,
+    money,
+    nothing_written,
+    refused,
+    relay_lock_holder,
+    stock_of,
+    unique_email,
 )
 
 ORDER_EVENTS, PRODUCT_EVENTS, CUSTOMER_EVENTS = "order-events", "product-events", "customer-events"
@@ -37,16 +46,6 @@ def accepted(r: httpx.Response, status: int, kind: str, version: int) -> dict:
     assert isinstance(body[f"{kind}_id"], str) and body[f"{kind}_id"]
     assert r.headers["ETag"] == f'"{version}"'
     assert "Idempotent-Replayed" not in r.headers
-    return body
-
-
-def refused(r: httpx.Response, status: int, code: str, field: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["code"] == code, body
-    assert body["message"]
-    if field is not None:
-        assert body.get("field") == field, body
     return body
 
 

@@ -19,13 +19,26 @@ import pytest
 
 from app.queries.cache import QueryCache, invalidate_order
 from app.read_models import (
-    CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCTS_MAPPING, customer_history_cache_key, order_cache_key, sales_day_key,
+    CUSTOMER_HISTORY,
+    ORDER_VIEWS,
+    PRODUCTS_MAPPING,
+    customer_history_cache_key,
+    order_cache_key,
+    sales_day_key,
 )
 from app.settings import Settings
 from connectors.elasticsearch import es_client
 from connectors.mongo import mongo_client
 from connectors.redis import async_redis_client, redis_client
-from tests.e2e.conftest import Gateway, create_customer, create_order, create_product, free_port, make_client
+from tests.e2e.conftest import (
+    Gateway,
+    create_customer,
+    create_order,
+    create_product,
+    free_port,
+    make_client,
+    refused,
+)
 
 UTC = timezone.utc
 UID = uuid.uuid4().hex[:10]
@@ -161,16 +174,6 @@ def ok(r: httpx.Response) -> dict:
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/json")
     return r.json()
-
-
-def refused(r: httpx.Response, status: int, code: str, field: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    body = r.json()
-    assert body["code"] == code, body
-    assert body["message"]
-    if field is not None:
-        assert body.get("field") == field, body
-    return body
 
 
 def cache_count(api: httpx.Client, query: str, result: str) -> float:
