@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from enum import Enum
@@ -248,22 +248,33 @@ async def cache_settle(cache: QueryCache, lookup: Lookup | None, value: bytes | 
 router = APIRouter(prefix="/api")
 
 
-@router.get("/orders/{order_id}", name="GetOrder", response_model=OrderView, responses={**NOT_FOUND, **ERRORS},
-            summary="One order, from its view or (while the projection lags) from the write model")
-async def get_order(order_id: OrderId, request: Request) -> Response:
-    s = stores(request)
-    lookup = await cache_lookup("GetOrder", s.cache.order(order_id))
+async def read_through(query: str, cache: QueryCache, key: Awaitable[Lookup],
+                       read: Callable[[], Awaitable[bytes | None]]) -> Response | None:
+    """Serve a cache hit, or run `read` and cache its body; None when `read` found nothing (the caller
+    then falls back, and nothing is cached)."""
+    lookup = await cache_lookup(query, key)
     if lookup is not None and lookup.hit:
         return json_response(lookup.value, cache="hit")
     body: bytes | None = None
     try:
-        doc = await s.db[ORDER_VIEWS].find_one({"_id": order_id})
-        if doc is not None:
-            body = dumps(reads.order_body(doc, reads.FRESH))
+        body = await read()
     finally:
-        await cache_settle(s.cache, lookup, body)
-    if body is not None:
-        return json_response(body, cache="miss")
+        await cache_settle(cache, lookup, body)
+    return json_response(body, cache="miss") if body is not None else None
+
+
+@router.get("/orders/{order_id}", name="GetOrder", response_model=OrderView, responses={**NOT_FOUND, **ERRORS},
+            summary="One order, from its view or (while the projection lags) from the write model")
+async def get_order(order_id: OrderId, request: Request) -> Response:
+    s = stores(request)
+
+    async def fresh() -> bytes | None:
+        doc = await s.db[ORDER_VIEWS].find_one({"_id": order_id})
+        return dumps(reads.order_body(doc, reads.FRESH)) if doc is not None else None
+
+    served = await read_through("GetOrder", s.cache, s.cache.order(order_id), fresh)
+    if served is not None:
+        return served
     async with s.pool.connection() as conn:
         snapshot = await store.order_snapshot(conn, order_id)
     if snapshot is None:
@@ -275,18 +286,14 @@ async def get_order(order_id: OrderId, request: Request) -> Response:
             responses={**NOT_FOUND, **ERRORS}, summary="A customer's orders, newest first, paginated")
 async def customer_orders(customer_id: CustomerId, request: Request, page: PageNo = 1, size: PageSize = 20) -> Response:
     s = stores(request)
-    lookup = await cache_lookup("CustomerOrders", s.cache.customer_page(customer_id, page, size))
-    if lookup is not None and lookup.hit:
-        return json_response(lookup.value, cache="hit")
-    body: bytes | None = None
-    try:
+
+    async def history() -> bytes | None:
         doc = await s.db[CUSTOMER_HISTORY].find_one({"_id": customer_id})
-        if doc is not None:
-            body = dumps(reads.history_page(customer_id, doc, page, size))
-    finally:
-        await cache_settle(s.cache, lookup, body)
-    if body is not None:
-        return json_response(body, cache="miss")
+        return dumps(reads.history_page(customer_id, doc, page, size)) if doc is not None else None
+
+    served = await read_through("CustomerOrders", s.cache, s.cache.customer_page(customer_id, page, size), history)
+    if served is not None:
+        return served
     async with s.pool.connection() as conn:
         customer = await store.load_customer(conn, customer_id)
     if customer is None:
