@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from elasticsearch import AsyncElasticsearch, NotFoundError
+from elasticsearch import AsyncElasticsearch, BadRequestError, NotFoundError
 
 from app.read_models import PRODUCTS_ALIAS, PRODUCTS_MAPPING
 from domain.views import apply_product_event
@@ -17,13 +17,17 @@ OWNED_ELSEWHERE = ("purchase_count",)
 
 
 async def ensure_products_index(es: AsyncElasticsearch, alias: str = PRODUCTS_ALIAS) -> str:
-    """Create `<alias>-v1` with the explicit mapping and point the alias at it, unless the alias exists."""
+    """Create `<alias>-v1` with the explicit mapping and point the alias at it, unless the alias exists.
+    Safe to run from several workers at once (the product and sales workers start together)."""
     if await es.indices.exists_alias(name=alias):
         return alias
     index = f"{alias}-v1"
-    if not await es.indices.exists(index=index):
+    try:
         await es.indices.create(index=index, mappings=PRODUCTS_MAPPING,
                                 settings={"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "1s"})
+    except BadRequestError as exc:
+        if exc.error != "resource_already_exists_exception":
+            raise
     await es.indices.put_alias(index=index, name=alias)
     return alias
 
