@@ -9,8 +9,10 @@ Guarantees, under at-least-once delivery:
   write succeeded, so a redelivered or replayed event is skipped, never applied twice.
 - Ordered: per aggregate, events are applied strictly in sequence; gaps are held (bounded), then
   dead-lettered, never applied out of order.
-- Nothing silently lost: undecodable events, projector failures, sink failures that outlast the
-  bounded retries and expired gaps all go to the dead-letter topic, and processing continues.
+- Nothing silently lost: undecodable events, projector failures, documents a sink rejects and
+  expired gaps go to the dead-letter topic, and processing continues. A sink that stays unreachable
+  past the bounded retries raises SinkFailed out of `process`: the worker stops without marking the
+  batch processed, and it is read again after the restart.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agents.dead_letters import SourceRecord
@@ -90,7 +92,6 @@ class BatchReport:
     dead_lettered: int = 0
     written_aggregates: int = 0
     last_occurred_at: Any = None
-    errors: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,7 @@ class BatchProcessor:
         self.gate = gate or SequenceGate()
         self.retry = retry
         self._records: dict[int, SourceRecord] = {}
+        self.held_floor: dict[tuple[str, int], int] = {}
 
     def _dead_letter(self, events: Iterable[Mapping[str, Any]], reason: str, error: str, report: BatchReport,
                      attempts: int = 1) -> None:
@@ -205,11 +207,7 @@ class BatchProcessor:
 
         failures: dict[str, str] = {}
         if changed:
-            try:
-                failures = await self.retry.run(f"{name}: write", self.projection.write, changed)
-            except SinkFailed as exc:
-                failures = {agg: str(exc) for agg in changed}
-                report.errors.append(str(exc))
+            failures = await self.retry.run(f"{name}: write", self.projection.write, changed)
         for agg, error in failures.items():
             self._dead_letter(applied.pop(agg, []), "sink_error", error, report, attempts=self.retry.attempts)
         for agg, done in applied.items():
@@ -223,6 +221,10 @@ class BatchProcessor:
                     report.last_occurred_at = event["occurred_at"]
         if report.dead_lettered:
             await self.dead_letters.flush()
+        self.held_floor = {}
+        for record in self._records.values():  # what is left is held by the gate
+            tp = (record.topic, record.partition)
+            self.held_floor[tp] = min(record.offset, self.held_floor.get(tp, record.offset))
         EVENTS.labels(name, "applied").inc(report.applied)
         EVENTS.labels(name, "duplicate").inc(report.duplicates)
         if report.last_occurred_at is not None:
@@ -230,11 +232,3 @@ class BatchProcessor:
             LAST_APPLIED.labels(name).set(ts)
             LAG_SECONDS.labels(name).set(max(0.0, time.time() - ts))
         return report
-
-    async def close(self) -> None:
-        """Dead-letter what the gate still holds, so a shutdown loses nothing silently."""
-        held = self.gate.drain()
-        if held:
-            report = BatchReport()
-            self._dead_letter(held, "sequence_gap", "still held at shutdown", report)
-            await self.dead_letters.flush()

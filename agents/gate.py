@@ -106,9 +106,3 @@ class SequenceGate:
                 if not self._held[agg]:
                     del self._held[agg]
         return [e for _, e in sorted(expired, key=lambda te: te[0])]
-
-    def drain(self) -> list[Mapping[str, Any]]:
-        """Everything still held (on shutdown), so it can be dead-lettered rather than lost."""
-        events = [e for h in self._held.values() for _, e in h.values()]
-        self._held.clear()
-        return events

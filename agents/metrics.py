@@ -4,7 +4,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("projection_events_total", "Events seen by a projection, by outcome "
-                 "(applied, duplicate, failed, dead_lettered, gap_expired)", ["projection", "outcome"])
+                 "(applied, duplicate, redelivered, failed, dead_lettered, gap_expired, lost_to_retention)", ["projection", "outcome"])
 BATCH_SIZE = Histogram("projection_batch_size", "Events per processed batch", ["projection"],
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
 SINK_LATENCY = Histogram("projection_sink_write_seconds", "Bulk write latency per sink", ["projection", "sink"],
@@ -15,3 +15,5 @@ LAST_APPLIED = Gauge("projection_last_applied_timestamp_seconds", "occurred_at o
 OFFSET_LAG = Gauge("projection_consumer_offset_lag", "High watermark minus next offset to consume",
                    ["projection", "topic", "partition"])
 HELD = Gauge("projection_held_events", "Events held back waiting for a missing sequence number", ["projection"])
+REREADS = Counter("projection_source_rereads_total", "Times a worker sought a partition back to re-read records "
+                  "the consumer skipped", ["projection"])

@@ -2,10 +2,10 @@
 
 State is the stored view itself (it carries `last_seq`), loaded by `_id` per batch (agents.read_store);
 reference data (product names and images, customer names and emails) comes from one write-model
-query per batch. Views are replaced whole (idempotent): views that were not stored when the batch
-loaded them are inserted in one bulk insert (much cheaper than upserts on the local read store), and
-any that turns out to exist by then is replaced instead. A customer's history entry for an order is
-set as one field of the customer's document, so workers owning different orders never collide.
+query per batch. Views and history entries are replaced whole (idempotent): those of orders that
+were not stored when the batch loaded them are inserted in one bulk insert (much cheaper than
+upserts on the local read store), and any that turns out to exist by then is replaced instead.
+A customer's history is one document per order, so workers owning different orders never collide.
 """
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
-from pymongo import InsertOne, ReplaceOne, UpdateOne
+from pymongo import InsertOne, ReplaceOne
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from agents.read_store import bulk_write_unordered, find_by_ids
-from app.read_models import CUSTOMER_HISTORY, ORDER_VIEWS, customer_history_cache_key, order_cache_key
+from app.read_models import (CUSTOMER_HISTORY, HISTORY_INDEX, ORDER_VIEWS, customer_history_cache_key,
+                             history_entry_id, order_cache_key)
 from domain.views import ReferenceData, apply_order_event, order_summary
 
 DUPLICATE_KEY = 11000
@@ -67,30 +69,36 @@ class OrderViews:
 
     async def write(self, changed: dict[str, Any]) -> dict[str, str]:
         views = list(changed.values())
-        await self._write_views(views)
-        await bulk_write_unordered(self.db[CUSTOMER_HISTORY], [
-            (v["customer_id"], UpdateOne({"_id": v["customer_id"]},
-                                         {"$set": {"customer_id": v["customer_id"],
-                                                   f"orders.{v['order_id']}": order_summary(v)}}, upsert=True))
-            for v in views])
+        await self._replace_whole(self.db[ORDER_VIEWS], views)
+        await self._replace_whole(self.db[CUSTOMER_HISTORY], [
+            {"_id": history_entry_id(v["customer_id"], v["order_id"]), "customer_id": v["customer_id"],
+             **order_summary(v)} for v in views])
         if self.redis is not None:
             keys = {order_cache_key(v["order_id"]) for v in views} | {customer_history_cache_key(v["customer_id"])
                                                                        for v in views}
             await self.redis.delete(*keys)
         return {}
 
-    async def _write_views(self, views: list[dict[str, Any]]) -> None:
-        """Replace the stored views whole; insert the ones that were not stored, and replace any of those
-        the store already holds after all (a duplicate key), so the outcome is that of an upsert."""
-        ops = [(v["_id"], ReplaceOne({"_id": v["_id"]}, v, upsert=True) if v["_id"] in self._stored else InsertOne(v))
-               for v in views]
+    async def _replace_whole(self, collection: AsyncCollection, docs: list[dict[str, Any]]) -> None:
+        """Store `docs` whole, as upserts would: insert those of orders that were not stored, and replace
+        those that were, or that the store holds after all (a duplicate key on insert)."""
+        def is_stored(doc: dict[str, Any]) -> bool:
+            return doc.get("order_id", doc["_id"]) in self._stored
+
+        ops = [(d["_id"], ReplaceOne({"_id": d["_id"]}, d, upsert=True) if is_stored(d) else InsertOne(d))
+               for d in docs]
         try:
-            await bulk_write_unordered(self.db[ORDER_VIEWS], ops)
+            await bulk_write_unordered(collection, ops)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if exc.details.get("writeConcernErrors") or any(
                     e.get("code") != DUPLICATE_KEY or not isinstance(ops[e["index"]][1], InsertOne) for e in errors):
                 raise
-            await bulk_write_unordered(self.db[ORDER_VIEWS], [
-                (views[e["index"]]["_id"], ReplaceOne({"_id": views[e["index"]]["_id"]}, views[e["index"]], upsert=True))
+            await bulk_write_unordered(collection, [
+                (docs[e["index"]]["_id"], ReplaceOne({"_id": docs[e["index"]]["_id"]}, docs[e["index"]], upsert=True))
                 for e in errors])
+
+
+async def ensure_order_indexes(db: AsyncDatabase) -> None:
+    """The history's (customer, date desc) index; creating an existing index is a no-op."""
+    await db[CUSTOMER_HISTORY].create_index(HISTORY_INDEX, name="customer_date")

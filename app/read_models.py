@@ -6,10 +6,12 @@ MongoDB (database `settings.mongo_database`):
   {order_id, customer_id, customer_name, customer_email, items: [{product_id, product_name,
   product_image, quantity, unit_price (str)}], total (str), status, tracking_number?, created_at,
   updated_at (datetimes), last_seq}.
-- CUSTOMER_HISTORY `customer_order_history`: one document per customer, `_id` = customer id —
-  {customer_id, orders: {<order_id>: {order_id, date, total (str), status, products: [{product_id,
-  name, price (str), image_url, quantity}], last_seq}}}. A map keyed by order id, so each order's
-  entry is set atomically by whichever worker owns that order; the API sorts newest first.
+- CUSTOMER_HISTORY `customer_order_history`: one document per order of a customer, `_id` =
+  `<customer id>:<order id>` — {customer_id, order_id, date, total (str), status, products:
+  [{product_id, name, price (str), image_url, quantity}], last_seq}; index (customer_id, date desc).
+  One document per order, so only the worker owning that order ever writes it: a document shared
+  by a customer's orders would be written by several workers at once, and the local read store
+  (FerretDB 1.x) does not serialise concurrent updates of one document (updates were lost).
 - PRODUCT_STATS `product_stats`: one document per product, `_id` = product id —
   {product_id, purchase_count, units_sold, version}; written with absolute values, `version` only grows.
 
@@ -37,6 +39,13 @@ CACHE_TTL_S = 60
 
 def order_cache_key(order_id: str) -> str:
     return f"{CACHE_PREFIX}order:{order_id}"
+
+
+HISTORY_INDEX = [("customer_id", 1), ("date", -1)]
+
+
+def history_entry_id(customer_id: str, order_id: str) -> str:
+    return f"{customer_id}:{order_id}"
 
 
 def customer_history_cache_key(customer_id: str) -> str:

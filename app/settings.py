@@ -53,6 +53,9 @@ class Settings(BaseSettings):
                                             description="How soon a dead worker's partitions move to another.")
     projection_tick_s: float = Field(2.0, gt=0, le=300, description="Interval of a projection's periodic upkeep.")
     gap_hold_seconds: float = Field(30.0, gt=0, le=3600, description="How long a sequence gap is held.")
+    worker_stall_s: float = Field(20.0, gt=0, le=3600, description="How long a worker may receive nothing while its "
+                                  "partitions have unprocessed records before it re-reads them, and after twice "
+                                  "that, restarts.")
 
     @property
     def api_token_set(self) -> frozenset[str]:

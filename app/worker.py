@@ -7,8 +7,10 @@ partition, so one worker applies them, in order.
 from __future__ import annotations
 
 import logging
+
 import faust
 import psycopg_pool
+from faust.types import TP
 from elasticsearch import AsyncElasticsearch
 from pymongo import AsyncMongoClient
 
@@ -16,9 +18,10 @@ from agents.dead_letters import DeadLetters, SourceRecord
 from agents.engine import BatchProcessor, Projection
 from agents.gate import SequenceGate
 from agents.metrics import OFFSET_LAG
-from agents.order_views import OrderViews
+from agents.order_views import OrderViews, ensure_order_indexes
 from agents.product_search import ProductSearch, ensure_products_index
 from agents.sales_stats import SalesStats
+from app.commit_guard import CommitGuard, exit_unprocessed
 from app.settings import Settings
 from app.setup import prepare_event_codecs
 from connectors import redis as redis_connector
@@ -42,6 +45,7 @@ async def build_projection(name: str, settings: Settings) -> tuple[Projection, l
                                                 kwargs={"connect_timeout": int(settings.connect_timeout_s)})
         await pool.open(wait=True, timeout=settings.connect_timeout_s * 3)
         closers.append(pool.close)
+        await ensure_order_indexes(db)
         return OrderViews(db, pool, redis), closers
     es = AsyncElasticsearch(settings.elasticsearch_url, request_timeout=30)
     closers.append(es.close)
@@ -52,6 +56,26 @@ async def build_projection(name: str, settings: Settings) -> tuple[Projection, l
     if name == "sales-stats":
         return SalesStats(redis, db, es, alias), closers
     raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
+
+
+def source_record(event: faust.EventT) -> SourceRecord:
+    message = event.message
+    headers = event.headers
+    return SourceRecord(message.topic, message.partition, message.offset, event.key, event.value,
+                        list(headers.items()) if isinstance(headers, dict) else list(headers or []),
+                        message.timestamp)
+
+
+def report_offset_lag(app: faust.App, name: str, records: list[SourceRecord]) -> None:
+    last: dict[tuple[str, int], int] = {}
+    for r in records:
+        last[(r.topic, r.partition)] = r.offset
+    assigned = app.consumer.assignment()
+    for (topic, partition), offset in last.items():
+        tp = TP(topic, partition)
+        highwater = app.consumer.highwater(tp) if tp in assigned else None  # revoked while processing
+        if highwater is not None:
+            OFFSET_LAG.labels(name, topic, str(partition)).set(max(0, highwater - offset - 1))
 
 
 def create_worker_app(name: str, settings: Settings) -> faust.App:
@@ -73,33 +97,41 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
         broker_rebalance_timeout=settings.worker_session_timeout_s * 2,
     )
     progress = TableProgress(app, name, settings.topic_partitions)
-    topic = app.topic(*(settings.topic_prefix + t for t in TOPICS[name]), key_type=bytes, value_type=bytes, key_serializer="raw",
-                      value_serializer="raw")
+    source_topics = [settings.topic_prefix + t for t in TOPICS[name]]
+    topic = app.topic(*source_topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     state: dict = {}
+    guard = CommitGuard(app, settings, name, source_topics)
 
     @app.agent(topic, name=name, concurrency=1)
     async def project(stream):
-        projection, closers = await build_projection(name, settings)
-        codecs = prepare_event_codecs(settings)
-        processor = BatchProcessor(projection, codecs, progress, DeadLetters(settings, name),
-                                   SequenceGate(settings.gap_hold_seconds))
-        state["processor"], state["closers"] = processor, closers
-        async for events in stream.take_events(settings.projection_batch_size,
-                                               within=settings.projection_batch_wait_s):
-            records = [SourceRecord(e.message.topic, e.message.partition, e.message.offset, e.key, e.value,
-                                    list(e.headers.items()) if isinstance(e.headers, dict) else list(e.headers or []),
-                                    e.message.timestamp) for e in events]
-            await processor.process(records)
-            for tp in {e.message.tp for e in events}:
-                highwater = app.consumer.highwater(tp)
-                last = max(e.message.offset for e in events if e.message.tp == tp)
-                if highwater is not None:
-                    OFFSET_LAG.labels(name, tp.topic, str(tp.partition)).set(max(0, highwater - last - 1))
+        try:
+            projection, closers = await build_projection(name, settings)
+            codecs = prepare_event_codecs(settings)
+            processor = BatchProcessor(projection, codecs, progress, DeadLetters(settings, name),
+                                       SequenceGate(settings.gap_hold_seconds))
+            state["processor"], state["closers"] = processor, closers
+            guard.held_floor = lambda: processor.held_floor
+            guard.install()
+            async for events in stream.take_events(settings.projection_batch_size,
+                                                   within=settings.projection_batch_wait_s):
+                records = await guard.admit([source_record(e) for e in events])
+                if records:
+                    await processor.process(records)
+                    guard.done(records)
+                    report_offset_lag(app, name, records)
+        except Exception as exc:  # noqa: BLE001 - every failure takes the same way out
+            exit_unprocessed(name, exc)
 
     @app.timer(interval=settings.projection_tick_s)
     async def tick() -> None:
-        """Periodic upkeep of a projection (e.g. re-copying figures a sink did not take yet)."""
+        """Periodic upkeep of a projection (e.g. re-copying figures a sink did not take yet) and the
+        consumer's liveness check."""
         processor = state.get("processor")
+        if processor is not None:
+            try:
+                await guard.watch()
+            except Exception as exc:  # e.g. the broker briefly unreachable; checked again next tick
+                log.warning("%s liveness check failed: %s", name, exc)
         upkeep = getattr(processor.projection, "tick", None) if processor else None
         if upkeep is not None:
             try:
@@ -109,9 +141,6 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
 
     @app.on_before_shutdown.connect
     async def close(app_, **kwargs) -> None:  # noqa: ARG001 - signal signature
-        processor = state.get("processor")
-        if processor is not None:
-            await processor.close()
         for closer in state.get("closers", []):
             try:
                 result = closer()

@@ -84,3 +84,42 @@ def delete_topics(settings: Settings, names: Iterable[str], timeout: float = 30.
         except KafkaException as exc:
             if exc.args[0].name() != "UNKNOWN_TOPIC_OR_PART":
                 raise
+
+
+def committed_offsets(settings: Settings, group_id: str, partitions: Iterable[tuple[str, int]],
+                      timeout: float = 10.0) -> dict[tuple[str, int], int | None]:
+    """The group's committed offset of each (topic, partition); None where it has committed none."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+    tps = [TopicPartition(t, p) for t, p in partitions]
+    if not tps:
+        return {}
+    admin = admin_client(settings)  # kept referenced until its futures complete
+    request = ConsumerGroupTopicPartitions(group_id, tps)
+    found = admin.list_consumer_group_offsets([request], request_timeout=timeout)[group_id].result(timeout)
+    return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in found.topic_partitions}
+
+
+def earliest_offsets(settings: Settings, partitions: Iterable[tuple[str, int]],
+                     timeout: float = 10.0) -> dict[tuple[str, int], int]:
+    """The first offset each (topic, partition) still holds (later than 0 once retention deleted some)."""
+    return _list_offsets(settings, partitions, "earliest", timeout)
+
+
+def end_offsets(settings: Settings, partitions: Iterable[tuple[str, int]],
+                timeout: float = 10.0) -> dict[tuple[str, int], int]:
+    """The offset the next record of each (topic, partition) will get."""
+    return _list_offsets(settings, partitions, "latest", timeout)
+
+
+def _list_offsets(settings: Settings, partitions: Iterable[tuple[str, int]], which: str,
+                  timeout: float) -> dict[tuple[str, int], int]:
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    wanted = {TopicPartition(t, p): getattr(OffsetSpec, which)() for t, p in partitions}
+    if not wanted:
+        return {}
+    admin = admin_client(settings)
+    futures = admin.list_offsets(wanted, request_timeout=timeout)
+    return {(tp.topic, tp.partition): fut.result(timeout).offset for tp, fut in futures.items()}

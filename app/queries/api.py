@@ -288,8 +288,8 @@ async def customer_orders(customer_id: CustomerId, request: Request, page: PageN
     s = stores(request)
 
     async def history() -> bytes | None:
-        doc = await s.db[CUSTOMER_HISTORY].find_one({"_id": customer_id})
-        return dumps(reads.history_page(customer_id, doc, page, size)) if doc is not None else None
+        entries = await s.db[CUSTOMER_HISTORY].find({"customer_id": customer_id}, {"_id": 0}).to_list(None)
+        return dumps(reads.history_page(customer_id, entries, page, size)) if entries else None
 
     served = await read_through("CustomerOrders", s.cache, s.cache.customer_page(customer_id, page, size), history)
     if served is not None:

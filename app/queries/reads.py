@@ -5,7 +5,7 @@ User input only ever becomes a literal value: ids are looked up by `_id` equalit
 the `query` of a multi_match, filters are term/range values, sort keys come from a fixed table."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -104,10 +104,10 @@ def history_entry(entry: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def history_page(customer_id: str, doc: Mapping[str, Any] | None, page: int, size: int) -> dict[str, Any]:
+def history_page(customer_id: str, entries: Iterable[Mapping[str, Any]] | None, page: int,
+                 size: int) -> dict[str, Any]:
     """One page of a customer's orders, newest first (date descending, then order id ascending)."""
-    orders = (doc or {}).get("orders") or {}
-    entries = list(orders.values()) if isinstance(orders, Mapping) else list(orders)
+    entries = list(entries or ())
     entries.sort(key=lambda e: str(e.get("order_id") or ""))
     entries.sort(key=lambda e: as_datetime(e.get("date")) or _EPOCH, reverse=True)
     start = (page - 1) * size

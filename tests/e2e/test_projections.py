@@ -12,7 +12,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from app import processes
-from app.read_models import CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCT_STATS, PRODUCTS_ALIAS, sales_day_key
+from app.read_models import (CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCT_STATS, PRODUCTS_ALIAS, history_entry_id,
+                             sales_day_key)
 from app.settings import Settings
 from agents.dead_letters import DLQ_TOPIC, describe
 from app.worker import PROJECTIONS
@@ -98,10 +99,10 @@ def test_order_lifecycle_reaches_every_read_model(workers, client, read_db, sett
     assert sorted((i["product_name"], i["quantity"], i["unit_price"]) for i in view["items"]) == [
         ("USB Cable", 3, "5.00"), ("Wireless Headphones", 1, "79.99")]
 
-    history = wait_until("customer history", lambda: (read_db[CUSTOMER_HISTORY].find_one({"_id": customer}) or {})
-                         .get("orders", {}).get(order, {}).get("status") == "shipped" and
-                         read_db[CUSTOMER_HISTORY].find_one({"_id": customer}))
-    assert history["orders"][order]["total"] == "94.99"
+    entry_id = history_entry_id(customer, order)
+    history = wait_until("customer history", lambda: (read_db[CUSTOMER_HISTORY].find_one({"_id": entry_id}) or {})
+                         .get("status") == "shipped" and read_db[CUSTOMER_HISTORY].find_one({"_id": entry_id}))
+    assert (history["customer_id"], history["order_id"], history["total"]) == (customer, order, "94.99")
 
     doc = wait_until("indexed product with stock after reservation", lambda: (
         es.options(ignore_status=404).get(index=PRODUCTS_ALIAS, id=headphones).get("_source") or {}).get("stock") == 4

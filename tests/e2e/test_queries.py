@@ -23,6 +23,7 @@ from app.read_models import (
     ORDER_VIEWS,
     PRODUCTS_MAPPING,
     customer_history_cache_key,
+    history_entry_id,
     order_cache_key,
     sales_day_key,
 )
@@ -332,7 +333,8 @@ def test_customer_history_newest_first_paginated_and_cached(api: httpx.Client, m
     entries = {"o-a": history_entry("o-a", at(3)), "o-b": history_entry("o-b", at(5), "25.00"),
                "o-c": history_entry("o-c", at(4)), "o-e": history_entry("o-e", at(5)),
                "o-d": history_entry("o-d", at(1))}
-    mongo_db[CUSTOMER_HISTORY].insert_one({"_id": customer_id, "customer_id": customer_id, "orders": entries})
+    mongo_db[CUSTOMER_HISTORY].insert_many([{"_id": history_entry_id(customer_id, oid), "customer_id": customer_id,
+                                             **entry} for oid, entry in entries.items()])
     newest_first = ["o-b", "o-e", "o-c", "o-a", "o-d"]  # date descending, ties by order id
     try:
         seen = []
@@ -357,8 +359,8 @@ def test_customer_history_newest_first_paginated_and_cached(api: httpx.Client, m
         r = api.get(f"/api/customers/{customer_id}/orders", params={"page": 1, "size": 2})
         assert r.headers["X-Cache"] == "hit"
         assert set(redis.hkeys(customer_history_cache_key(customer_id))) >= {"1:2", "2:2", "3:2", "1:20"}
-        mongo_db[CUSTOMER_HISTORY].update_one(
-            {"_id": customer_id}, {"$set": {"orders.o-f": history_entry("o-f", at(9))}})
+        mongo_db[CUSTOMER_HISTORY].insert_one({"_id": history_entry_id(customer_id, "o-f"), "customer_id": customer_id,
+                                               **history_entry("o-f", at(9))})
         assert ok(api.get(f"/api/customers/{customer_id}/orders", params={"size": 2}))["total"] == 5
         invalidate_order(redis, "o-f", customer_id)
         body = ok(api.get(f"/api/customers/{customer_id}/orders", params={"size": 2}))

@@ -30,8 +30,8 @@ def test_money_stays_a_two_decimal_string(value, expected) -> None:
 
 def test_history_is_newest_first_ties_by_order_id_with_mixed_date_types() -> None:
     day = datetime(2024, 5, 3, tzinfo=timezone.utc)
-    doc = {"orders": {"b": {"order_id": "b", "date": day}, "a": {"order_id": "a", "date": "2024-05-03T00:00:00Z"},
-                      "c": {"order_id": "c", "date": day + timedelta(seconds=1)}, "d": {"order_id": "d"}}}
+    doc = [{"order_id": "b", "date": day}, {"order_id": "a", "date": "2024-05-03T00:00:00Z"},
+           {"order_id": "c", "date": day + timedelta(seconds=1)}, {"order_id": "d"}]
     page = reads.history_page("c1", doc, 1, 10)
     assert [o["order_id"] for o in page["orders"]] == ["c", "a", "b", "d"]
     assert page["total"] == 4

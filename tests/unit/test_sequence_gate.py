@@ -311,19 +311,6 @@ def test_last_applied_is_read_once_per_aggregate_per_batch(gate):
     assert sorted(calls) == ["A", "B"]
 
 
-# --- drain ---------------------------------------------------------------------------------------------------------
-
-def test_drain_returns_everything_held_and_clears(gate, clock):
-    db = Projection()
-    gate.admit([ev("A", 3), ev("B", 2), ev("A", 5)], db)
-    drained = gate.drain()
-    assert sorted(ids(drained)) == ["A-3", "A-5", "B-2"]
-    assert gate.held == 0 and gate.drain() == []
-    clock.now += 1000
-    out = db.apply(gate.admit([ev("A", 1), ev("A", 2)], db))
-    assert out.expired == [] and runs(out) == {"A": [1, 2]}
-
-
 # --- property: shuffled, duplicated delivery still applies each event exactly once, in order --------------------------
 
 @pytest.mark.parametrize("seed", range(100))
