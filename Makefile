@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 STACK := deploy/local/stack
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack-up stack-down stack-status stack-logs demo test test-unit bench-commands bench-projections clean
+.PHONY: help venv stack-up stack-down stack-status stack-logs demo smoke test test-unit lag schemas-check k8s-validate monitoring-check bench-commands bench-projections clean
 
 help:
-	@echo "make demo         bring the local stack up and run the main job"
+	@echo "make demo         bring the local stack up and play the story through gateway, query API and workers"
 	@echo "make test         bring the local stack up (if needed) and run every test"
 	@echo "make test-unit    pure unit tests, no services"
 	@echo "make stack-up | stack-down | stack-status | stack-logs"
@@ -34,7 +34,22 @@ stack-logs:
 	$(STACK) logs
 
 demo: venv stack-up
+	$(BIN)/cqrs demo
+
+smoke: venv stack-up
 	$(BIN)/cqrs smoke
+
+lag: venv stack-up
+	$(BIN)/cqrs lag
+
+schemas-check: venv stack-up
+	$(BIN)/cqrs schemas check
+
+k8s-validate: venv
+	$(BIN)/python deploy/k8s/tools.py validate
+
+monitoring-check: venv
+	$(BIN)/python deploy/monitoring/tools.py check
 
 test: venv stack-up
 	$(BIN)/pytest $(PYTEST_ARGS)

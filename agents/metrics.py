@@ -17,3 +17,5 @@ OFFSET_LAG = Gauge("projection_consumer_offset_lag", "High watermark minus next 
 HELD = Gauge("projection_held_events", "Events held back waiting for a missing sequence number", ["projection"])
 REREADS = Counter("projection_source_rereads_total", "Times a worker sought a partition back to re-read records "
                   "the consumer skipped", ["projection"])
+READY = Gauge("projection_worker_ready", "1 once the worker has restored its tables and consumes its topics",
+              ["projection"])

@@ -32,6 +32,17 @@ def cmd_smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from app.demo import DemoFailed, run_demo
+
+    try:
+        run_demo(get_settings(), serve=args.serve)
+    except DemoFailed as exc:
+        print(f"cqrs demo: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from app.migrate import migrate
 
@@ -105,6 +116,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lag(args: argparse.Namespace) -> int:
+    from app import lag
+
+    return lag.main(args, get_settings())
+
+
 def cmd_dlq(args: argparse.Namespace) -> int:
     from app import dlq
 
@@ -124,8 +141,15 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from app import schema_gate
+
+    return schema_gate.main(args, get_settings())
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "check": (cmd_check, "check that every configured service answers"),
+    "demo": (cmd_demo, "start gateway, query API and workers, and play the e-commerce story through them"),
     "smoke": (cmd_smoke, "write and read back through every service, printing each step"),
     "migrate": (cmd_migrate, "apply the write-model migrations"),
     "setup": (cmd_setup, "migrate, create the event topics and register their schemas"),
@@ -134,6 +158,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "query-api": (cmd_query_api, "run the HTTP query API over the read models (falls back to the write model)"),
     "worker": (cmd_worker, "run the Faust worker of one projection"),
     "dlq": (cmd_dlq, "list dead letters, or replay them to their source topics"),
+    "schemas": (cmd_schemas, "check the Avro schemas against the registry's compatibility levels, or register them"),
+    "lag": (cmd_lag, "show each projection's consumer lag: offsets and event-time staleness per partition"),
 }
 
 SERVER_DEFAULTS = {"gateway": 8000, "query-api": 8001}
@@ -145,11 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (fn, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.set_defaults(func=fn)
+        if name == "demo":
+            p.add_argument("--serve", action="store_true", help="keep the processes running after the story")
         if name == "dlq":
             p.add_argument("action", choices=["list", "replay"])
             p.add_argument("--projection", help="only dead letters of this projection")
             p.add_argument("--limit", type=int, default=1000, help="list at most this many")
             p.add_argument("--dry-run", action="store_true", help="replay: count, send nothing")
+        if name == "lag":
+            from app.lag import add_arguments
+            add_arguments(p)
+        if name == "schemas":
+            from app.schema_gate import add_arguments as add_schema_arguments
+            add_schema_arguments(p)
         if name == "worker":
             from app.worker import PROJECTIONS
             p.add_argument("projection", choices=PROJECTIONS)

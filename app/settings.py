@@ -1,7 +1,9 @@
 """The one settings object, read from the environment; defaults point at the local stack."""
 from __future__ import annotations
 
+import tempfile
 from functools import lru_cache
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -53,6 +55,8 @@ class Settings(BaseSettings):
                                             description="How soon a dead worker's partitions move to another.")
     projection_tick_s: float = Field(2.0, gt=0, le=300, description="Interval of a projection's periodic upkeep.")
     gap_hold_seconds: float = Field(30.0, gt=0, le=3600, description="How long a sequence gap is held.")
+    worker_data_dir: str = Field(str(Path(tempfile.gettempdir()) / "cqrs-workers"),
+                                 description="Where workers keep Faust's data directory (<dir>/<app id>).")
     worker_stall_s: float = Field(20.0, gt=0, le=3600, description="How long a worker may receive nothing while its "
                                   "partitions have unprocessed records before it re-reads them, and after twice "
                                   "that, restarts.")

@@ -7,6 +7,7 @@ partition, so one worker applies them, in order.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import faust
 import psycopg_pool
@@ -17,7 +18,7 @@ from pymongo import AsyncMongoClient
 from agents.dead_letters import DeadLetters, SourceRecord
 from agents.engine import BatchProcessor, Projection
 from agents.gate import SequenceGate
-from agents.metrics import OFFSET_LAG
+from agents.metrics import OFFSET_LAG, READY
 from agents.order_views import OrderViews, ensure_order_indexes
 from agents.product_search import ProductSearch, ensure_products_index
 from agents.sales_stats import SalesStats
@@ -81,10 +82,12 @@ def report_offset_lag(app: faust.App, name: str, records: list[SourceRecord]) ->
 def create_worker_app(name: str, settings: Settings) -> faust.App:
     if name not in PROJECTIONS:
         raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
+    Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
     app = faust.App(
         f"cqrs-{name}{settings.projection_group_suffix}",
         broker=[f"kafka://{b}" for b in settings.kafka_bootstrap_servers.split(",")],
         store="memory://",
+        datadir=f"{settings.worker_data_dir}/{{conf.id}}",
         web_enabled=False,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
@@ -121,6 +124,11 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
                     report_offset_lag(app, name, records)
         except Exception as exc:  # noqa: BLE001 - every failure takes the same way out
             exit_unprocessed(name, exc)
+
+    @app.task
+    async def ready() -> None:
+        """Faust runs app tasks once its tables are restored from their changelogs."""
+        READY.labels(name).set(1)
 
     @app.timer(interval=settings.projection_tick_s)
     async def tick() -> None:
