@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from agents.dead_letters import SourceRecord
 from agents.gate import SequenceGate
-from agents.metrics import BATCH_SIZE, EVENTS, HELD, LAG_SECONDS, LAST_APPLIED
+from agents.metrics import BATCH_SIZE, EVENTS, HELD, LAG_SECONDS, LAST_APPLIED, SINK_LATENCY
 from schemas.codec import DecodeError, EventCodec
 
 log = logging.getLogger("cqrs.projection")
@@ -36,6 +36,7 @@ class Projection(Protocol):
     """What a projection supplies to the engine: state I/O at the edges, pure `apply` in the middle."""
 
     name: str
+    sinks: str  # the stores one `write` goes to, e.g. "mongodb", for the sink latency metric
 
     async def load(self, aggregate_ids: list[str]) -> dict[str, Any]: ...
 
@@ -207,7 +208,9 @@ class BatchProcessor:
 
         failures: dict[str, str] = {}
         if changed:
+            started = time.perf_counter()
             failures = await self.retry.run(f"{name}: write", self.projection.write, changed)
+            SINK_LATENCY.labels(name, getattr(self.projection, "sinks", "sinks")).observe(time.perf_counter() - started)
         for agg, error in failures.items():
             self._dead_letter(applied.pop(agg, []), "sink_error", error, report, attempts=self.retry.attempts)
         for agg, done in applied.items():

@@ -28,6 +28,7 @@ DUPLICATE_KEY = 11000
 
 class OrderViews:
     name = "order-views"
+    sinks = "mongodb+redis"
 
     def __init__(self, db: AsyncDatabase, write_db: AsyncConnectionPool | None, redis=None) -> None:
         self.db = db

@@ -34,6 +34,7 @@ async def ensure_products_index(es: AsyncElasticsearch, alias: str = PRODUCTS_AL
 
 class ProductSearch:
     name = "product-search"
+    sinks = "elasticsearch"
 
     def __init__(self, es: AsyncElasticsearch, alias: str = PRODUCTS_ALIAS) -> None:
         self.es = es

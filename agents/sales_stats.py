@@ -81,6 +81,7 @@ return applied
 
 class SalesStats:
     name = "sales-stats"
+    sinks = "redis+mongodb+elasticsearch"
 
     def __init__(self, redis, db: AsyncDatabase, es: AsyncElasticsearch | None, alias: str = PRODUCTS_ALIAS,
                  sync_limit: int = 2000) -> None:

@@ -79,8 +79,9 @@ def cmd_relay(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
-    from app.commands.relay import OutboxRelay
     from prometheus_client import start_http_server
+
+    from app.commands.relay import OutboxRelay
 
     settings = get_settings()
     if args.metrics_port:
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
             from app.schema_gate import add_arguments as add_schema_arguments
             add_schema_arguments(p)
         if name == "worker":
-            from app.worker import PROJECTIONS
+            from app.projections import PROJECTIONS
             p.add_argument("projection", choices=PROJECTIONS)
             p.add_argument("--log-level", default="warning", choices=["error", "warning", "info", "debug"])
         if name in ("relay", "worker"):

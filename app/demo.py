@@ -22,7 +22,7 @@ import httpx
 from app import processes
 from app.settings import Settings
 from app.setup import setup_all
-from app.worker import PROJECTIONS, TOPICS
+from app.projections import PROJECTIONS, TOPICS, consumer_group
 from connectors import kafka
 
 VISIBLE_WITHIN_S = 60.0
@@ -165,7 +165,7 @@ def backlog(settings: Settings) -> dict[str, int]:
     behind = {}
     for projection in PROJECTIONS:
         tps = [(settings.topic_prefix + t, p) for t in TOPICS[projection] for p in range(settings.topic_partitions)]
-        group = f"cqrs-{projection}{settings.projection_group_suffix}"
+        group = consumer_group(projection, settings.projection_group_suffix)
         ends = kafka.end_offsets(settings, tps)
         committed = kafka.committed_offsets(settings, group, tps)
         behind[projection] = sum(max(0, ends[tp] - (committed.get(tp) or 0)) for tp in tps)

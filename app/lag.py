@@ -35,7 +35,7 @@ from typing import TextIO
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from app.settings import Settings
-from app.worker import PROJECTIONS, TOPICS
+from app.projections import PROJECTIONS, TOPICS, consumer_group
 from connectors import ServiceUnavailable, kafka, registry
 from schemas.codec import DecodeError, EventCodec, register_codecs
 
@@ -89,11 +89,6 @@ class LagTotal:
     partitions: int
     offset_lag: int
     event_time_lag_s: float | None
-
-
-def group_id(projection: str, suffix: str) -> str:
-    """The consumer group of a projection's workers (the Faust app id)."""
-    return f"cqrs-{projection}{suffix}"
 
 
 def source_topics(projection: str, prefix: str) -> tuple[str, ...]:
@@ -211,7 +206,7 @@ class LagReader:
         except (KafkaException, concurrent.futures.TimeoutError) as exc:
             raise _kafka_unavailable(self.settings, exc) from None
         at = now() if now else datetime.now(timezone.utc)
-        return [build_row(p, group_id(p, self.group_suffix), o,
+        return [build_row(p, consumer_group(p, self.group_suffix), o,
                           occurred.get((o.topic, o.partition, o.next_offset)), at)
                 for p in projections for o in offsets[p]]
 
@@ -231,7 +226,7 @@ class LagReader:
         result = {}
         for projection in projections:
             own = [(t, p) for t in source_topics(projection, self.settings.topic_prefix) for p in partitions[t]]
-            committed = kafka.committed_offsets(self.settings, group_id(projection, self.group_suffix), own, timeout)
+            committed = kafka.committed_offsets(self.settings, consumer_group(projection, self.group_suffix), own, timeout)
             result[projection] = [PartitionOffsets(t, p, committed.get((t, p)), earliest[(t, p)], end[(t, p)])
                                   for t, p in own]
         return result

@@ -23,13 +23,12 @@ from agents.order_views import OrderViews, ensure_order_indexes
 from agents.product_search import ProductSearch, ensure_products_index
 from agents.sales_stats import SalesStats
 from app.commit_guard import CommitGuard, exit_unprocessed
+from app.projections import PROJECTIONS, TOPICS, consumer_group
 from app.settings import Settings
 from app.setup import prepare_event_codecs
 from connectors import redis as redis_connector
 from tables.progress import TableProgress
 
-PROJECTIONS = ("order-views", "product-search", "sales-stats")
-TOPICS = {"order-views": ("order-events",), "product-search": ("product-events",), "sales-stats": ("order-events",)}
 log = logging.getLogger("cqrs.worker")
 
 
@@ -84,7 +83,7 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
         raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
     Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        f"cqrs-{name}{settings.projection_group_suffix}",
+        consumer_group(name, settings.projection_group_suffix),
         broker=[f"kafka://{b}" for b in settings.kafka_bootstrap_servers.split(",")],
         store="memory://",
         datadir=f"{settings.worker_data_dir}/{{conf.id}}",

@@ -315,7 +315,7 @@ class Bench:
         from confluent_kafka import TopicPartition
 
         from app import processes
-        from app.worker import PROJECTIONS, TOPICS
+        from app.projections import PROJECTIONS, TOPICS
         from connectors import kafka
 
         admin = kafka.admin_client(self.settings)

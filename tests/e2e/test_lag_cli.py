@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 from app import processes
 from app.settings import Settings
 from app.setup import prepare_event_codecs
-from app.worker import PROJECTIONS
+from app.projections import PROJECTIONS
 from connectors import kafka, mongo, postgres
 from schemas import TOPICS
 from tests.conftest import ROOT

@@ -20,7 +20,7 @@ from elasticsearch.helpers import scan
 from app import processes
 from app.read_models import CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCT_STATS, sales_day_key
 from app.settings import Settings
-from app.worker import PROJECTIONS
+from app.projections import PROJECTIONS
 from connectors import elasticsearch, kafka, mongo, postgres, redis
 from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, gateway_spawner,
                                 make_client)

@@ -16,7 +16,7 @@ from app.read_models import (CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCT_STATS, PRODU
                              sales_day_key)
 from app.settings import Settings
 from agents.dead_letters import DLQ_TOPIC, describe
-from app.worker import PROJECTIONS
+from app.projections import PROJECTIONS
 from connectors import elasticsearch, kafka, mongo, redis
 from tests.e2e.conftest import create_customer, create_order, create_product, deadline
 

@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from app.lag import (LagError, PartitionOffsets, add_arguments, build_row, event_time_lag, format_table, group_id,
+from app.lag import (LagError, PartitionOffsets, add_arguments, build_row, event_time_lag, format_table,
                      run, seek_rounds, select_projections, to_json, totals)
 from app.settings import Settings
-from app.worker import PROJECTIONS
+from app.projections import PROJECTIONS, consumer_group
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -110,9 +110,13 @@ def test_projection_selection_names_the_valid_ones_when_unknown():
     assert all(p in str(err.value) for p in PROJECTIONS) and "\n" not in str(err.value)
 
 
-def test_group_id_is_the_workers_app_id():
-    assert group_id("order-views", "") == "cqrs-order-views"
-    assert group_id("sales-stats", "-rebuild") == "cqrs-sales-stats-rebuild"
+def test_lag_reads_the_group_the_workers_join():
+    from app.settings import Settings
+    from app.worker import create_worker_app
+
+    assert consumer_group("order-views", "") == "cqrs-order-views"
+    app = create_worker_app("sales-stats", Settings(projection_group_suffix="-rebuild"))
+    assert app.conf.id == consumer_group("sales-stats", "-rebuild") == "cqrs-sales-stats-rebuild"
 
 
 def parse(*argv: str) -> argparse.Namespace:
