@@ -89,7 +89,8 @@ class DeadLetterSink(Protocol):
 class BatchReport:
     received: int = 0
     applied: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # an event id the aggregate's recent ids already hold
+    stale: int = 0  # a sequence number at or below the aggregate's last applied one
     dead_lettered: int = 0
     written_aggregates: int = 0
     last_occurred_at: Any = None
@@ -143,6 +144,17 @@ class BatchProcessor:
             self.dead_letters.send(self._records.pop(id(event)), reason=reason, error=error, attempts=attempts)
             report.dead_lettered += 1
 
+    def _to_load(self, events: list[dict[str, Any]]) -> list[str]:
+        """Aggregates whose stored state the batch needs: all of them, except, for projections whose
+        writes never replace a newer stored state, those whose run here starts at their first event
+        and that the progress tables have never seen."""
+        first: dict[str, int] = {}
+        for event in events:
+            first.setdefault(event["aggregate_id"], event["sequence_number"])
+        if not getattr(self.projection, "skips_loading_new_aggregates", False):
+            return list(first)
+        return [agg for agg, seq in first.items() if seq != 1 or self.progress.last(agg) != 0]
+
     async def process(self, records: Sequence[SourceRecord]) -> BatchReport:
         name = self.projection.name
         report = BatchReport(received=len(records))
@@ -171,7 +183,7 @@ class BatchProcessor:
             else:
                 fresh.append(event)
 
-        ids = list(dict.fromkeys(e["aggregate_id"] for e in fresh))
+        ids = self._to_load(fresh)
         states = await self.retry.run(f"{name}: load state", self.projection.load, ids) if ids else {}
 
         def last_applied(agg: str) -> int:
@@ -179,7 +191,7 @@ class BatchProcessor:
 
         admitted = self.gate.admit(fresh, last_applied)
         HELD.labels(name).set(self.gate.held)
-        report.duplicates += len(admitted.duplicates)
+        report.stale += len(admitted.duplicates)
         for dup in admitted.duplicates:
             self._records.pop(id(dup), None)
         if admitted.expired:
@@ -230,6 +242,7 @@ class BatchProcessor:
             self.held_floor[tp] = min(record.offset, self.held_floor.get(tp, record.offset))
         EVENTS.labels(name, "applied").inc(report.applied)
         EVENTS.labels(name, "duplicate").inc(report.duplicates)
+        EVENTS.labels(name, "stale").inc(report.stale)
         if report.last_occurred_at is not None:
             ts = report.last_occurred_at.timestamp()
             LAST_APPLIED.labels(name).set(ts)

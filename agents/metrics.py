@@ -4,7 +4,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 EVENTS = Counter("projection_events_total", "Events seen by a projection, by outcome "
-                 "(applied, duplicate, redelivered, failed, dead_lettered, gap_expired, lost_to_retention)", ["projection", "outcome"])
+                 "(applied, duplicate, stale, redelivered, failed, dead_lettered, gap_expired, lost_to_retention)", ["projection", "outcome"])
 BATCH_SIZE = Histogram("projection_batch_size", "Events per processed batch", ["projection"],
                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000))
 SINK_LATENCY = Histogram("projection_sink_write_seconds", "Bulk write latency per sink", ["projection", "sink"],

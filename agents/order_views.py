@@ -29,6 +29,7 @@ DUPLICATE_KEY = 11000
 class OrderViews:
     name = "order-views"
     sinks = "mongodb+redis"
+    skips_loading_new_aggregates = True  # writes never replace a stored view with an older one
 
     def __init__(self, db: AsyncDatabase, write_db: AsyncConnectionPool | None, redis=None) -> None:
         self.db = db
@@ -81,8 +82,9 @@ class OrderViews:
         return {}
 
     async def _replace_whole(self, collection: AsyncCollection, docs: list[dict[str, Any]]) -> None:
-        """Store `docs` whole, as upserts would: insert those of orders that were not stored, and replace
-        those that were, or that the store holds after all (a duplicate key on insert)."""
+        """Store `docs` whole: insert those of orders that were not loaded, replace those that were, and
+        where an insert finds the document stored after all (a replay with fresh progress tables, whose
+        new orders are not loaded), replace it only if it is older, so a view never moves back."""
         def is_stored(doc: dict[str, Any]) -> bool:
             return doc.get("order_id", doc["_id"]) in self._stored
 
@@ -96,8 +98,8 @@ class OrderViews:
                     e.get("code") != DUPLICATE_KEY or not isinstance(ops[e["index"]][1], InsertOne) for e in errors):
                 raise
             await bulk_write_unordered(collection, [
-                (docs[e["index"]]["_id"], ReplaceOne({"_id": docs[e["index"]]["_id"]}, docs[e["index"]], upsert=True))
-                for e in errors])
+                (doc["_id"], ReplaceOne({"_id": doc["_id"], "last_seq": {"$lt": doc["last_seq"]}}, doc))
+                for doc in (docs[e["index"]] for e in errors)])
 
 
 async def ensure_order_indexes(db: AsyncDatabase) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 from decimal import Decimal
 
+import httpx
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
@@ -32,14 +33,27 @@ def _group_ready(settings: Settings, group: str) -> bool:
     return desc.state.name == "STABLE" and any(m.assignment.topic_partitions for m in desc.members)
 
 
+METRICS_PORTS: dict[str, int] = {}
+
+
+def worker_metrics(projection: str) -> dict[str, float]:
+    """The samples a worker's /metrics endpoint serves, by `name{labels}`."""
+    text = httpx.get(f"http://127.0.0.1:{METRICS_PORTS[projection]}/metrics", timeout=5).text
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
 @pytest.fixture(scope="module")
 def workers(setup_done, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     suffix = f"-e2e-{uuid.uuid4().hex[:8]}"
     env = {"PROJECTION_GROUP_SUFFIX": suffix, "PROJECTION_START": "latest", "PROJECTION_BATCH_WAIT_S": "0.1",
            "GAP_HOLD_SECONDS": "5"}
     log_dir = tmp_path_factory.mktemp("workers")
-    started = [processes.start(f"worker-{name}", ["worker", name], log_dir=log_dir, env=env, ready_path=None)
-               for name in PROJECTIONS]
+    started = []
+    for name in PROJECTIONS:
+        METRICS_PORTS[name] = processes.free_port()
+        started.append(processes.start(f"worker-{name}", ["worker", name, "--metrics-port", str(METRICS_PORTS[name])],
+                                       log_dir=log_dir, env=env, ready_path=None))
     try:
         end = deadline(TIMEOUT_S)
         for name in PROJECTIONS:
@@ -143,6 +157,17 @@ def test_redelivered_events_change_nothing(workers, client, read_db, settings: S
     assert view["last_seq"] == 2 and view["items"][0]["quantity"] == 3 and view["total"] == "37.50"
     stats = read_db[PRODUCT_STATS].find_one({"_id": product})
     assert (stats["purchase_count"], stats["units_sold"]) == (2, 4)
+
+    for projection in ("order-views", "sales-stats"):  # the six copies are counted, not applied
+        samples = worker_metrics(projection)
+        skipped = sum(samples.get(f'projection_events_total{{outcome="{o}",projection="{projection}"}}', 0)
+                      for o in ("duplicate", "stale"))
+        assert skipped >= 6, (projection, skipped)
+        assert samples[f'projection_events_total{{outcome="applied",projection="{projection}"}}'] >= 3
+        assert samples[f'projection_worker_ready{{projection="{projection}"}}'] == 1
+        assert samples[f'projection_lag_seconds{{projection="{projection}"}}'] >= 0
+        assert any(k.startswith("projection_consumer_offset_lag{") for k in samples)
+        assert samples[f'projection_batch_size_count{{projection="{projection}"}}'] >= 1
 
 
 def test_cancelling_takes_the_order_out_of_the_figures(workers, client, read_db, settings: Settings):
@@ -267,7 +292,6 @@ def test_dead_letters_are_listed_and_replayed_through_the_cli(workers, settings:
 def test_commands_become_visible_through_the_query_api(workers, client, spawn_query_api, settings: Settings):
     """The seed's story end to end: add a product, search it, order it, read the order, the history
     and the dashboard through the query API."""
-    import httpx
 
     api = spawn_query_api("flow")
     unique = uuid.uuid4().hex[:8]
