@@ -30,7 +30,7 @@ from app.commands import store
 from app.http.errors import error_body
 from app.http.metrics import LATENCY_BUCKETS
 from app.http.service import service_app
-from app.queries import reads
+from app.queries import dashboard, reads
 from app.queries.cache import Lookup, QueryCache
 from app.read_models import CUSTOMER_HISTORY, ORDER_VIEWS, sales_day_key
 from app.settings import Settings, get_settings
@@ -390,6 +390,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                   "from the write model and answered with `\"freshness\": \"stale\"`.")
     install_unavailable_handlers(app)
     app.include_router(router)
+    app.include_router(dashboard.router)
 
     @app.get("/readyz", name="readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
