@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import pytest
 from elasticsearch.helpers import scan
 
@@ -321,3 +322,54 @@ def test_workers_joining_and_leaving_under_live_traffic_lose_nothing(isolated, s
         stop.set()
         pipeline.stop()
         pipeline.cleanup()
+
+
+def test_query_api_falls_back_to_the_write_model_while_the_projection_is_stopped(
+        isolated, settings: Settings, token: str, spawn_query_api):
+    """While the order projection is stopped, a new order is served from the write model as stale;
+    once it runs again, the same order is served from its view, with the same content."""
+    client = make_client(isolated["gateway"].url, token)
+    pipeline = Pipeline(settings, isolated["prefix"], f"stale{uuid.uuid4().hex[:6]}", 7, isolated["log_dir"])
+    api = spawn_query_api("stale", MONGO_DATABASE=pipeline.settings.mongo_database,
+                          ES_PRODUCTS_ALIAS=pipeline.settings.es_products_alias, REDIS_URL=pipeline.env["REDIS_URL"])
+    q = httpx.Client(base_url=api.base_url, timeout=10)
+
+    def order_answer(order_id: str, freshness: str) -> dict | None:
+        body = q.get(f"/api/orders/{order_id}").json()
+        return body if body.get("freshness") == freshness else None
+
+    try:
+        pipeline.start("order-views", "f")
+        customer = create_customer(client, name="Stale Reader")
+        product = create_product(client, price="20.00", stock=10)
+        first = create_order(client, customer, [(product, 1)])["order_id"]
+        wait_for("first order projected", lambda: order_answer(first, "fresh"))
+
+        for worker in pipeline.workers.pop("order-views"):
+            worker.stop()
+        second = create_order(client, customer, [(product, 2)])["order_id"]
+        for key, values in (("customers", [customer]), ("products", [product]), ("orders", [first, second])):
+            isolated["made"][key].extend(values)  # the module's truth covers every aggregate on its topics
+        stale = q.get(f"/api/orders/{second}")
+        assert stale.status_code == 200 and stale.headers["X-Cache"] == "bypass"
+        body = stale.json()
+        assert (body["freshness"], body["status"], body["total"], body["last_seq"]) == ("stale", "pending", "40.00", 1)
+
+        pipeline.start("order-views", "f")
+        fresh = wait_for("second order projected after the restart", lambda: order_answer(second, "fresh"))
+        same = ("order_id", "customer_id", "customer_name", "status", "total", "last_seq")
+        assert {k: fresh[k] for k in same} == {k: body[k] for k in same}
+        assert [(i["product_id"], i["quantity"], i["unit_price"]) for i in fresh["items"]] == \
+               [(i["product_id"], i["quantity"], i["unit_price"]) for i in body["items"]]
+    finally:
+        q.close()
+        pipeline.stop()
+        pipeline.cleanup()
+
+
+def wait_for(what: str, probe, timeout: float = SETTLE_S):
+    end = deadline(timeout)
+    while not (result := probe()):
+        assert time.monotonic() < end, f"{what}: not within {timeout:.0f}s"
+        time.sleep(0.2)
+    return result

@@ -321,3 +321,4 @@ def test_commands_become_visible_through_the_query_api(workers, client, spawn_qu
                    lambda: q.get(f"/api/orders/{order}").json()["status"] == "shipped")
         dashboard = q.get("/api/dashboard/sales").json()
         assert dashboard["orders"] >= 1 and len(dashboard["hours"]) == 24
+
