@@ -128,16 +128,16 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     if args.action == "list":
-        letters = list(dlq.read_dead_letters(settings, limit=args.limit))
-        if args.projection:
-            letters = [d for d in letters if d.meta.get("projection") == args.projection]
+        letters = dlq.newest_dead_letters(settings, limit=args.limit, projection=args.projection,
+                                          key=args.key.encode() if args.key is not None else None)
         if not letters:
             print(f"no dead letters on {dlq.DLQ_TOPIC}" + (f" for {args.projection}" if args.projection else ""))
             return 0
         print(dlq.format_table(letters))
         print(f"{len(letters)} dead letter(s)")
         return 0
-    count = dlq.replay(settings, projection=args.projection, dry_run=args.dry_run)
+    count = dlq.replay(settings, projection=args.projection, dry_run=args.dry_run,
+                       key=args.key.encode() if args.key is not None else None)
     print(f"{'would replay' if args.dry_run else 'replayed'} {count} dead letter(s)")
     return 0
 
@@ -177,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "dlq":
             p.add_argument("action", choices=["list", "replay"])
             p.add_argument("--projection", help="only dead letters of this projection")
-            p.add_argument("--limit", type=int, default=1000, help="list at most this many")
+            p.add_argument("--limit", type=int, default=1000, help="list the newest, at most this many")
             p.add_argument("--dry-run", action="store_true", help="replay: count, send nothing")
+            p.add_argument("--key", help="only the dead letters with this record key (an aggregate id)")
         if name == "lag":
             from app.lag import add_arguments
             add_arguments(p)

@@ -40,8 +40,10 @@ def _ensure_topic(settings: Settings) -> None:
     kafka.ensure_topics(settings, [kafka.TopicSpec(DLQ_TOPIC, 3, settings.topic_replication_factor)])
 
 
-def read_dead_letters(settings: Settings, *, group: str | None = None, limit: int = 10_000) -> Iterator[DeadLetter]:
-    """Everything on the dead-letter topic up to its current end (from `group`'s committed position if given)."""
+def read_dead_letters(settings: Settings, *, group: str | None = None, limit: int | None = 10_000,
+                      newest: bool = False) -> Iterator[DeadLetter]:
+    """Everything on the dead-letter topic up to its current end (from `group`'s committed position if given),
+    at most `limit` letters (None: no cap); with `newest`, each partition's last `limit` letters."""
     _ensure_topic(settings)
     consumer = Consumer({**kafka.base_config(settings), "group.id": group or f"cqrs-dlq-list-{uuid.uuid4()}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
@@ -51,10 +53,13 @@ def read_dead_letters(settings: Settings, *, group: str | None = None, limit: in
         committed = {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)} if group else {}
         ends = {tp.partition: consumer.get_watermark_offsets(tp, timeout=10) for tp in tps}
         starts = {p: committed.get(p, -1) if committed.get(p, -1) >= 0 else low for p, (low, _) in ends.items()}
+        if newest and limit is not None:
+            starts = {p: max(start, ends[p][1] - limit) for p, start in starts.items()}
+            limit = limit * len(tps)
         pending = {p for p, (_, high) in ends.items() if starts[p] < high}
         consumer.assign([TopicPartition(DLQ_TOPIC, p, starts[p]) for p in pending])
         seen = 0
-        while pending and seen < limit:
+        while pending and (limit is None or seen < limit):
             batch = consumer.consume(500, timeout=2)
             if not batch:
                 break
@@ -69,6 +74,15 @@ def read_dead_letters(settings: Settings, *, group: str | None = None, limit: in
                     pending.discard(msg.partition())
     finally:
         consumer.close()
+
+
+def newest_dead_letters(settings: Settings, *, limit: int, projection: str | None = None,
+                        key: bytes | None = None) -> list[DeadLetter]:
+    """The `limit` most recent dead letters (of `projection`, with `key`, if given), oldest first."""
+    letters = [d for d in read_dead_letters(settings, limit=limit, newest=True)
+               if (projection is None or d.meta.get("projection") == projection) and (key is None or d.key == key)]
+    letters.sort(key=lambda d: float(d.meta.get("dead_lettered_at", 0)))
+    return letters[-limit:]
 
 
 def _letter(msg: Message) -> DeadLetter:
@@ -88,21 +102,23 @@ def format_table(letters: list[DeadLetter]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1] for r in rows)
 
 
-def replay(settings: Settings, *, projection: str | None = None, dry_run: bool = False) -> int:
-    """Send dead letters not yet replayed back to their source topic (same key, value, original headers);
-    progress is committed per projection filter (REPLAY_GROUP, or REPLAY_GROUP-<projection>), so each
-    dead letter is replayed once per filter."""
+def replay(settings: Settings, *, projection: str | None = None, key: bytes | None = None,
+           dry_run: bool = False) -> int:
+    """Send dead letters back to their source topic (same key, value, original headers). Without `key`:
+    every letter not yet replayed, with progress committed per projection filter (REPLAY_GROUP, or
+    REPLAY_GROUP-<projection>), so each is replayed once per filter. With `key`: the letters of that
+    one aggregate or record key, every time it is asked, leaving the progress of the others alone."""
     producer = Producer({**kafka.base_config(settings), "enable.idempotence": True, "acks": "all",
                          "partitioner": "murmur2_random"})
     count = 0
     last: dict[int, int] = {}
-    group = f"{REPLAY_GROUP}-{projection}" if projection else REPLAY_GROUP
+    group = None if key is not None else f"{REPLAY_GROUP}-{projection}" if projection else REPLAY_GROUP
     existing = set(kafka.admin_client(settings).list_topics(timeout=settings.connect_timeout_s).topics)
     gone: dict[str, int] = {}
-    for letter in read_dead_letters(settings, group=group):
+    for letter in read_dead_letters(settings, group=group, limit=None):
         last[letter.partition] = letter.offset
         meta = letter.meta
-        if projection and meta.get("projection") != projection:
+        if (projection and meta.get("projection") != projection) or (key is not None and letter.key != key):
             continue
         if meta.get("source_topic") not in existing:
             gone[meta.get("source_topic", "?")] = gone.get(meta.get("source_topic", "?"), 0) + 1
@@ -118,7 +134,7 @@ def replay(settings: Settings, *, projection: str | None = None, dry_run: bool =
         return count
     if producer.flush(30):
         raise RuntimeError("replayed events were not all acknowledged; nothing marked as replayed")
-    if last:
+    if last and group is not None:
         committer = Consumer({**kafka.base_config(settings), "group.id": group, "enable.auto.commit": False})
         try:
             committer.commit(offsets=[TopicPartition(DLQ_TOPIC, p, o + 1) for p, o in last.items()],
