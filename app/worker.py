@@ -66,16 +66,22 @@ def source_record(event: faust.EventT) -> SourceRecord:
                         message.timestamp)
 
 
-def report_offset_lag(app: faust.App, name: str, records: list[SourceRecord]) -> None:
+def report_offset_lag(app: faust.App, name: str, records: list[SourceRecord], reported: set[TP]) -> None:
+    """Offset lag of the partitions in the batch; partitions this worker no longer owns stop being
+    reported (their new owner reports them), so a sum over workers never counts one twice."""
     last: dict[tuple[str, int], int] = {}
     for r in records:
         last[(r.topic, r.partition)] = r.offset
     assigned = app.consumer.assignment()
+    for tp in [tp for tp in reported if tp not in assigned]:
+        OFFSET_LAG.remove(name, tp.topic, str(tp.partition))
+        reported.discard(tp)
     for (topic, partition), offset in last.items():
         tp = TP(topic, partition)
         highwater = app.consumer.highwater(tp) if tp in assigned else None  # revoked while processing
         if highwater is not None:
             OFFSET_LAG.labels(name, topic, str(partition)).set(max(0, highwater - offset - 1))
+            reported.add(tp)
 
 
 def create_worker_app(name: str, settings: Settings) -> faust.App:
@@ -103,6 +109,7 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
     topic = app.topic(*source_topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     state: dict = {}
     guard = CommitGuard(app, settings, name, source_topics)
+    lag_reported: set[TP] = set()
 
     @app.agent(topic, name=name, concurrency=1)
     async def project(stream):
@@ -120,7 +127,7 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
                 if records:
                     await processor.process(records)
                     guard.done(records)
-                    report_offset_lag(app, name, records)
+                    report_offset_lag(app, name, records, lag_reported)
         except Exception as exc:  # noqa: BLE001 - every failure takes the same way out
             exit_unprocessed(name, exc)
 
