@@ -7,7 +7,11 @@ compares each order's ledger sequence with the one the batch read, subtracts the
 contribution and adds the new one, atomically. Counters are therefore sums of current per-order
 contributions: a redelivered or replayed event finds the ledger already past it and changes nothing.
 Product figures are then copied as absolute values (with a version that only grows) into MongoDB
-and Elasticsearch; products whose copy failed stay in a dirty set and are re-copied next batch.
+and Elasticsearch. A product leaves the dirty set only once MongoDB is read back at the version that
+was copied, the search index at the count that was copied, and that version is still the newest in
+Redis (one atomic check), so neither a concurrent
+batch of another worker nor a lost concurrent update in the read store can leave an old copy behind:
+the product stays dirty and is copied again on the next batch or tick.
 """
 from __future__ import annotations
 
@@ -20,13 +24,22 @@ from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
-from agents.read_store import bulk_write_unordered
+from agents.read_store import bulk_write_unordered, find_by_ids
 from app.read_models import PRODUCT_STATS, PRODUCTS_ALIAS, SALES_PREFIX
 from domain.views import OrderFacts, apply_order_facts, sales_contributions
 
 LEDGER_TTL_S = 35 * 24 * 3600
 DAY_TTL_S = 35 * 24 * 3600
 DIRTY = f"{SALES_PREFIX}dirty-products"
+CLEAN_IF_UNCHANGED = """
+local removed = 0
+for i = 1, #ARGV, 2 do
+  if redis.call('HGET', KEYS[1] .. ARGV[i], 'version') == ARGV[i + 1] then
+    removed = removed + redis.call('SREM', KEYS[2], ARGV[i])
+  end
+end
+return removed
+"""
 
 APPLY_CONTRIBUTIONS = """
 local prefix, ledger_ttl, day_ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -91,6 +104,7 @@ class SalesStats:
         self.alias = alias
         self.sync_limit = sync_limit
         self._script = redis.register_script(APPLY_CONTRIBUTIONS)
+        self._clean = redis.register_script(CLEAN_IF_UNCHANGED)
 
     async def load(self, aggregate_ids: list[str]) -> dict[str, Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -153,6 +167,7 @@ class SalesStats:
             real = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
             if real:
                 raise
+        stored = await find_by_ids(self.db[PRODUCT_STATS], list(figures), {"version": 1})
         if self.es is not None:
             operations: list[dict] = []
             for pid, (count, _, _) in figures.items():
@@ -164,8 +179,13 @@ class SalesStats:
             failed = [i for i in resp["items"] if i["update"].get("error") and i["update"].get("status") != 404]
             if failed:
                 raise RuntimeError(f"search index rejected purchase counts: {failed[0]['update']['error']}")
+            indexed = await self.es.mget(index=self.alias, ids=list(figures), source_includes=["purchase_count"])
+            missing |= {d["_id"] for d in indexed["docs"]
+                        if d.get("found") and d["_source"].get("purchase_count") != figures[d["_id"]][0]}
         else:
             missing = set()
-        done = [pid for pid in product_ids if pid not in missing]
+        done = [pid for pid in product_ids
+                if pid not in missing and stored.get(pid, {}).get("version", -1) >= figures[pid][2]]
         if done:
-            await self.redis.srem(DIRTY, *done)
+            await self._clean(keys=[f"{SALES_PREFIX}product:", DIRTY],
+                              args=[a for pid in done for a in (pid, figures[pid][2])])
