@@ -20,13 +20,14 @@ from typing import Any
 import httpx
 
 from app import processes
+from app.lag import LagReader, totals
+from app.projections import PROJECTIONS
 from app.settings import Settings
 from app.setup import setup_all
-from app.projections import PROJECTIONS, TOPICS, consumer_group
-from connectors import kafka
 
 VISIBLE_WITHIN_S = 60.0
 CATCH_UP_WITHIN_S = 600.0
+GROUP_READ_TIMEOUT_S = 10.0
 SHOWN_CHARS = 1200
 
 
@@ -161,15 +162,11 @@ def pipeline(settings: Settings, log_dir: Path, out: Callable[[str], None]) -> I
 
 
 def backlog(settings: Settings) -> dict[str, int]:
-    """Events each projection's group still has to process."""
-    behind = {}
-    for projection in PROJECTIONS:
-        tps = [(settings.topic_prefix + t, p) for t in TOPICS[projection] for p in range(settings.topic_partitions)]
-        group = consumer_group(projection, settings.projection_group_suffix)
-        ends = kafka.end_offsets(settings, tps)
-        committed = kafka.committed_offsets(settings, group, tps)
-        behind[projection] = sum(max(0, ends[tp] - (committed.get(tp) or 0)) for tp in tps)
-    return behind
+    """Events each projection's group still has to process (`cqrs lag`'s offset lag). Read while the
+    workers join their groups, when the coordinator can take longer than the connect timeout to answer."""
+    patient = settings.model_copy(update={"connect_timeout_s": GROUP_READ_TIMEOUT_S})
+    rows = LagReader(patient, settings.projection_group_suffix).collect(PROJECTIONS)
+    return {total.projection: total.offset_lag for total in totals(rows)}
 
 
 def worker_ready(worker: processes.AppProcess) -> bool:

@@ -53,6 +53,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until(what: str, check, timeout: float = 60.0):
+    """Poll `check` every 0.2 s until it returns something truthy (returned); fail after `timeout`."""
+    end = deadline(timeout)
+    last = None
+    while time.monotonic() < end:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    pytest.fail(f"{what} not visible after {timeout}s (last: {last!r})", pytrace=False)
+
+
 def deadline(seconds: float) -> float:
     return time.monotonic() + seconds
 

@@ -24,7 +24,7 @@ from app.settings import Settings
 from app.projections import PROJECTIONS
 from connectors import elasticsearch, kafka, mongo, postgres, redis
 from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, gateway_spawner,
-                                make_client)
+                                make_client, wait_until)
 
 SETTLE_S = 180
 
@@ -343,7 +343,7 @@ def test_query_api_falls_back_to_the_write_model_while_the_projection_is_stopped
         customer = create_customer(client, name="Stale Reader")
         product = create_product(client, price="20.00", stock=10)
         first = create_order(client, customer, [(product, 1)])["order_id"]
-        wait_for("first order projected", lambda: order_answer(first, "fresh"))
+        wait_until("first order projected", lambda: order_answer(first, "fresh"), SETTLE_S)
 
         for worker in pipeline.workers.pop("order-views"):
             worker.stop()
@@ -356,7 +356,8 @@ def test_query_api_falls_back_to_the_write_model_while_the_projection_is_stopped
         assert (body["freshness"], body["status"], body["total"], body["last_seq"]) == ("stale", "pending", "40.00", 1)
 
         pipeline.start("order-views", "f")
-        fresh = wait_for("second order projected after the restart", lambda: order_answer(second, "fresh"))
+        fresh = wait_until("second order projected after the restart", lambda: order_answer(second, "fresh"),
+                           SETTLE_S)
         same = ("order_id", "customer_id", "customer_name", "status", "total", "last_seq")
         assert {k: fresh[k] for k in same} == {k: body[k] for k in same}
         assert [(i["product_id"], i["quantity"], i["unit_price"]) for i in fresh["items"]] == \
@@ -365,11 +366,3 @@ def test_query_api_falls_back_to_the_write_model_while_the_projection_is_stopped
         q.close()
         pipeline.stop()
         pipeline.cleanup()
-
-
-def wait_for(what: str, probe, timeout: float = SETTLE_S):
-    end = deadline(timeout)
-    while not (result := probe()):
-        assert time.monotonic() < end, f"{what}: not within {timeout:.0f}s"
-        time.sleep(0.2)
-    return result

@@ -19,7 +19,7 @@ from app.settings import Settings
 from agents.dead_letters import DLQ_TOPIC, describe
 from app.projections import PROJECTIONS
 from connectors import elasticsearch, kafka, mongo, redis
-from tests.e2e.conftest import create_customer, create_order, create_product, deadline
+from tests.e2e.conftest import create_customer, create_order, create_product, deadline, wait_until
 
 TIMEOUT_S = 60
 
@@ -69,17 +69,6 @@ def workers(setup_done, settings: Settings, tmp_path_factory: pytest.TempPathFac
             w.stop()
         internal = [t for t in kafka.admin_client(settings).list_topics(timeout=10).topics if suffix in t]
         kafka.delete_topics(settings, internal)
-
-
-def wait_until(what: str, check, timeout: float = TIMEOUT_S):
-    end = deadline(timeout)
-    last = None
-    while time.monotonic() < end:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    pytest.fail(f"{what} not visible after {timeout}s (last: {last!r})", pytrace=False)
 
 
 @pytest.fixture(scope="module")
