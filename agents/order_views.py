@@ -6,6 +6,8 @@ query per batch. Views and history entries are replaced whole (idempotent): thos
 were not stored when the batch loaded them are inserted in one bulk insert (much cheaper than
 upserts on the local read store), and any that turns out to exist by then is replaced instead.
 A customer's history is one document per order, so workers owning different orders never collide.
+The collections written are those of one read-model version (`collections`): the live worker points
+them at the serving version before each batch, a rebuild at the version it builds.
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from agents.read_store import bulk_write_unordered, find_by_ids
-from app.read_models import (CUSTOMER_HISTORY, HISTORY_INDEX, ORDER_VIEWS, customer_history_cache_key,
-                             history_entry_id, order_cache_key)
+from app.read_model_versions import ServingRecord
+from app.read_models import (HISTORY_INDEX, OrderCollections, customer_history_cache_key, history_entry_id,
+                             order_cache_key)
 from domain.views import ReferenceData, apply_order_event, order_summary
 
 DUPLICATE_KEY = 11000
@@ -31,14 +34,23 @@ class OrderViews:
     sinks = "mongodb+redis"
     skips_loading_new_aggregates = True  # writes never replace a stored view with an older one
 
-    def __init__(self, db: AsyncDatabase, write_db: AsyncConnectionPool | None, redis=None) -> None:
+    def __init__(self, db: AsyncDatabase, write_db: AsyncConnectionPool | None, redis=None,
+                 collections: OrderCollections = OrderCollections()) -> None:
         self.db = db
         self.write_db = write_db
         self.redis = redis
+        self.collections = collections
         self._stored: set[str] = set()   # ids of the views the last load found
 
+    async def target_serving(self, record: ServingRecord) -> None:
+        self.collections = record.order_collections
+
+    def assume_stored(self, order_ids: set[str]) -> None:
+        """The next write replaces these orders' documents (a bulk replay knows what it wrote before)."""
+        self._stored = set(order_ids)
+
     async def load(self, aggregate_ids: list[str]) -> dict[str, Any]:
-        views = await find_by_ids(self.db[ORDER_VIEWS], aggregate_ids)
+        views = await find_by_ids(self.db[self.collections.views], aggregate_ids)
         self._stored = set(views)
         return views
 
@@ -71,8 +83,8 @@ class OrderViews:
 
     async def write(self, changed: dict[str, Any]) -> dict[str, str]:
         views = list(changed.values())
-        await self._replace_whole(self.db[ORDER_VIEWS], views)
-        await self._replace_whole(self.db[CUSTOMER_HISTORY], [
+        await self._replace_whole(self.db[self.collections.views], views)
+        await self._replace_whole(self.db[self.collections.history], [
             {"_id": history_entry_id(v["customer_id"], v["order_id"]), "customer_id": v["customer_id"],
              **order_summary(v)} for v in views])
         if self.redis is not None:
@@ -102,6 +114,6 @@ class OrderViews:
                 for doc in (docs[e["index"]] for e in errors)])
 
 
-async def ensure_order_indexes(db: AsyncDatabase) -> None:
+async def ensure_order_indexes(db: AsyncDatabase, collections: OrderCollections = OrderCollections()) -> None:
     """The history's (customer, date desc) index; creating an existing index is a no-op."""
-    await db[CUSTOMER_HISTORY].create_index(HISTORY_INDEX, name="customer_date")
+    await db[collections.history].create_index(HISTORY_INDEX, name="customer_date")

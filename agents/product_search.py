@@ -2,6 +2,8 @@
 
 State is the indexed document (it carries `last_seq`), read with one mget per batch and written with
 one _bulk of partial updates, so `purchase_count` (kept by the sales projection) is never overwritten.
+Reads and writes go to one concrete index (`index`): the live worker resolves the alias to it before
+each batch, so a batch never straddles an alias swap; a rebuild points it at the index it builds.
 """
 from __future__ import annotations
 
@@ -10,10 +12,12 @@ from typing import Any
 
 from elasticsearch import AsyncElasticsearch, BadRequestError, NotFoundError
 
-from app.read_models import PRODUCTS_ALIAS, PRODUCTS_MAPPING
+from app.read_model_versions import ServingRecord
+from app.read_models import PRODUCTS_ALIAS, PRODUCTS_MAPPING, products_index
 from domain.views import apply_product_event
 
 OWNED_ELSEWHERE = ("purchase_count",)
+SERVING_REFRESH = "1s"
 
 
 async def ensure_products_index(es: AsyncElasticsearch, alias: str = PRODUCTS_ALIAS) -> str:
@@ -21,28 +25,48 @@ async def ensure_products_index(es: AsyncElasticsearch, alias: str = PRODUCTS_AL
     Safe to run from several workers at once (the product and sales workers start together)."""
     if await es.indices.exists_alias(name=alias):
         return alias
-    index = f"{alias}-v1"
+    index = products_index(alias, 1)
+    await create_products_index(es, index)
+    await es.indices.put_alias(index=index, name=alias)
+    return alias
+
+
+async def create_products_index(es: AsyncElasticsearch, index: str, refresh_interval: str = SERVING_REFRESH) -> None:
+    """Create one version's index with the explicit mapping; an existing one is left as it is. A bulk
+    rebuild creates it with refresh off and turns refresh on before the switch."""
     try:
         await es.indices.create(index=index, mappings=PRODUCTS_MAPPING,
-                                settings={"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "1s"})
+                                settings={"number_of_shards": 1, "number_of_replicas": 0,
+                                          "refresh_interval": refresh_interval})
     except BadRequestError as exc:
         if exc.error != "resource_already_exists_exception":
             raise
-    await es.indices.put_alias(index=index, name=alias)
-    return alias
+
+
+async def aliased_index(es: AsyncElasticsearch, alias: str) -> str:
+    """The one concrete index `alias` points at."""
+    found = list(await es.indices.get_alias(name=alias))
+    if len(found) != 1:
+        raise RuntimeError(f"search alias {alias!r} points at {len(found)} indices ({', '.join(found)}), not one")
+    return found[0]
 
 
 class ProductSearch:
     name = "product-search"
     sinks = "elasticsearch"
 
-    def __init__(self, es: AsyncElasticsearch, alias: str = PRODUCTS_ALIAS) -> None:
+    def __init__(self, es: AsyncElasticsearch, alias: str = PRODUCTS_ALIAS, index: str | None = None) -> None:
         self.es = es
         self.alias = alias
+        self.index = index or alias
+
+    async def target_serving(self, record: ServingRecord) -> None:
+        """Write to the index the alias points at now (a switch swaps the alias while this worker waits)."""
+        self.index = await aliased_index(self.es, self.alias)
 
     async def load(self, aggregate_ids: list[str]) -> dict[str, Any]:
         try:
-            resp = await self.es.mget(index=self.alias, ids=aggregate_ids)
+            resp = await self.es.mget(index=self.index, ids=aggregate_ids)
         except NotFoundError:
             return {}
         return {d["_id"]: d["_source"] for d in resp["docs"] if d.get("found")}
@@ -60,7 +84,7 @@ class ProductSearch:
         operations: list[dict] = []
         for pid, doc in changed.items():
             partial = {k: v for k, v in doc.items() if k not in OWNED_ELSEWHERE}
-            operations.append({"update": {"_index": self.alias, "_id": pid, "retry_on_conflict": 3}})
+            operations.append({"update": {"_index": self.index, "_id": pid, "retry_on_conflict": 3}})
             operations.append({"doc": partial, "upsert": {**doc, "purchase_count": doc.get("purchase_count", 0)}})
         resp = await self.es.bulk(operations=operations, refresh=False)
         failures = {}

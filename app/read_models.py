@@ -15,6 +15,10 @@ MongoDB (database `settings.mongo_database`):
 - PRODUCT_STATS `product_stats`: one document per product, `_id` = product id —
   {product_id, purchase_count, units_sold, version}; written with absolute values, `version` only grows.
 
+Versions (`cqrs rebuild`): version 1 of the order views lives under the names above; a rebuild writes
+version N into `order_views_v<N>` and `customer_order_history_v<N>`, and READ_MODEL_VERSIONS says which
+version serves (app.read_model_versions). The search index is versioned behind its alias.
+
 Elasticsearch: PRODUCTS_ALIAS `products` -> a versioned index `products-v<N>`, documents `_id` =
 product id: {product_id, name, category, subcategory, description, tags, price (double), price_text,
 image_url, stock, in_stock, rating, review_count, purchase_count, created_at, updated_at, last_seq}.
@@ -28,13 +32,46 @@ Redis:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 ORDER_VIEWS = "order_views"
+READ_MODEL_VERSIONS = "read_model_versions"
 CUSTOMER_HISTORY = "customer_order_history"
 PRODUCT_STATS = "product_stats"
 PRODUCTS_ALIAS = "products"
 SALES_PREFIX = "sales:"
 CACHE_PREFIX = "cache:"
 CACHE_TTL_S = 60
+
+
+@dataclass(frozen=True)
+class OrderCollections:
+    """The two collections one version of the order-views read model writes."""
+
+    views: str = ORDER_VIEWS
+    history: str = CUSTOMER_HISTORY
+
+
+def order_collections(version: int) -> OrderCollections:
+    """Version 1 keeps the original names, so a deployment that never rebuilt reads what it always did."""
+    if version < 1:
+        raise ValueError(f"read-model versions start at 1, not {version}")
+    return OrderCollections() if version == 1 else OrderCollections(f"{ORDER_VIEWS}_v{version}",
+                                                                     f"{CUSTOMER_HISTORY}_v{version}")
+
+
+def products_index(alias: str, version: int) -> str:
+    """The concrete search index of one version behind `alias`."""
+    if version < 1:
+        raise ValueError(f"read-model versions start at 1, not {version}")
+    return f"{alias}-v{version}"
+
+
+def products_index_version(alias: str, index: str) -> int | None:
+    """The version of `index` if it is one of `alias`'s versioned indices, else None."""
+    stem = f"{alias}-v"
+    tail = index[len(stem):] if index.startswith(stem) else ""
+    return int(tail) if tail.isdigit() and int(tail) >= 1 else None
 
 
 def order_cache_key(order_id: str) -> str:

@@ -2,7 +2,8 @@
 
 `cqrs worker <projection>` runs it; start more processes with the same projection to split the
 partitions between them (never more than the partition count). Events of one aggregate share a
-partition, so one worker applies them, in order.
+partition, so one worker applies them, in order. Before each batch, a worker of a rebuildable read
+model looks up the version that serves (waiting while a rebuild's switch fence holds it) and writes there.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import psycopg_pool
 from faust.types import TP
 from elasticsearch import AsyncElasticsearch
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 
 from agents.dead_letters import DeadLetters, SourceRecord
 from agents.engine import BatchProcessor, Projection
@@ -24,6 +26,8 @@ from agents.product_search import ProductSearch, ensure_products_index
 from agents.sales_stats import SalesStats
 from app.commit_guard import CommitGuard, exit_unprocessed
 from app.projections import PROJECTIONS, TOPICS, consumer_group
+from app.read_model_versions import current, wait_unfenced
+from app.read_models import READ_MODEL_VERSIONS
 from app.settings import Settings
 from app.setup import prepare_event_codecs
 from connectors import redis as redis_connector
@@ -32,8 +36,9 @@ from tables.progress import TableProgress
 log = logging.getLogger("cqrs.worker")
 
 
-async def build_projection(name: str, settings: Settings) -> tuple[Projection, list]:
-    """The projection with its async clients; returns it and the closers to call on shutdown."""
+async def build_projection(name: str, settings: Settings) -> tuple[Projection, list, AsyncDatabase]:
+    """The projection with its async clients; returns it, the closers to call on shutdown and the read
+    database (where the serving version of a rebuildable read model is recorded)."""
     timeout_ms = int(settings.connect_timeout_s * 1000)
     mongo = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
                              retryWrites=False, tz_aware=True)
@@ -45,16 +50,17 @@ async def build_projection(name: str, settings: Settings) -> tuple[Projection, l
                                                 kwargs={"connect_timeout": int(settings.connect_timeout_s)})
         await pool.open(wait=True, timeout=settings.connect_timeout_s * 3)
         closers.append(pool.close)
-        await ensure_order_indexes(db)
-        return OrderViews(db, pool, redis), closers
+        serving = await current(db[READ_MODEL_VERSIONS], name)
+        await ensure_order_indexes(db, serving.order_collections)
+        return OrderViews(db, pool, redis), closers, db
     es = AsyncElasticsearch(settings.elasticsearch_url, request_timeout=30)
     closers.append(es.close)
     alias = settings.es_products_alias
     await ensure_products_index(es, alias)
     if name == "product-search":
-        return ProductSearch(es, alias), closers
+        return ProductSearch(es, alias), closers, db
     if name == "sales-stats":
-        return SalesStats(redis, db, es, alias), closers
+        return SalesStats(redis, db, es, alias), closers, db
     raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
 
 
@@ -114,7 +120,8 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
     @app.agent(topic, name=name, concurrency=1)
     async def project(stream):
         try:
-            projection, closers = await build_projection(name, settings)
+            projection, closers, db = await build_projection(name, settings)
+            versions = db[READ_MODEL_VERSIONS]
             codecs = prepare_event_codecs(settings)
             processor = BatchProcessor(projection, codecs, progress, DeadLetters(settings, name),
                                        SequenceGate(settings.gap_hold_seconds))
@@ -125,6 +132,8 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
                                                    within=settings.projection_batch_wait_s):
                 records = await guard.admit([source_record(e) for e in events])
                 if records:
+                    if hasattr(projection, "target_serving"):  # a rebuildable read model: follow its switches
+                        await projection.target_serving(await wait_unfenced(versions, name))
                     await processor.process(records)
                     guard.done(records)
                     report_offset_lag(app, name, records, lag_reported)

@@ -32,7 +32,8 @@ from app.http.metrics import LATENCY_BUCKETS
 from app.http.service import service_app
 from app.queries import dashboard, reads
 from app.queries.cache import Lookup, QueryCache
-from app.read_models import CUSTOMER_HISTORY, ORDER_VIEWS, sales_day_key
+from app.read_model_versions import ServingCache
+from app.read_models import OrderCollections, sales_day_key
 from app.settings import Settings, get_settings
 from connectors.redis import async_redis_client
 from domain.errors import InvalidCommand, NotFound
@@ -177,6 +178,11 @@ class Stores:
                                         kwargs={"autocommit": True,
                                                 "connect_timeout": max(1, int(settings.connect_timeout_s))})
         self.products_alias = settings.es_products_alias
+        self.serving = ServingCache(self.db)
+
+    async def order_collections(self) -> OrderCollections:
+        """The collections of the order-views version serving now (it changes when a rebuild switches)."""
+        return (await self.serving.get("order-views")).order_collections
 
     async def open(self) -> None:
         # Not waiting for PostgreSQL: the read models can be served while the write model is away;
@@ -269,7 +275,7 @@ async def get_order(order_id: OrderId, request: Request) -> Response:
     s = stores(request)
 
     async def fresh() -> bytes | None:
-        doc = await s.db[ORDER_VIEWS].find_one({"_id": order_id})
+        doc = await s.db[(await s.order_collections()).views].find_one({"_id": order_id})
         return dumps(reads.order_body(doc, reads.FRESH)) if doc is not None else None
 
     served = await read_through("GetOrder", s.cache, s.cache.order(order_id), fresh)
@@ -288,7 +294,8 @@ async def customer_orders(customer_id: CustomerId, request: Request, page: PageN
     s = stores(request)
 
     async def history() -> bytes | None:
-        entries = await s.db[CUSTOMER_HISTORY].find({"customer_id": customer_id}, {"_id": 0}).to_list(None)
+        collection = s.db[(await s.order_collections()).history]
+        entries = await collection.find({"customer_id": customer_id}, {"_id": 0}).to_list(None)
         return dumps(reads.history_page(customer_id, entries, page, size)) if entries else None
 
     served = await read_through("CustomerOrders", s.cache, s.cache.customer_page(customer_id, page, size), history)

@@ -28,6 +28,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from app import processes
 from app.commands.relay import RELAY_LOCK_KEY
+from app.read_model_versions import ServingRecord
+from app.read_models import READ_MODEL_VERSIONS, OrderCollections
 from app.settings import Settings
 from app.setup import prepare_event_codecs
 from connectors import kafka, postgres
@@ -439,3 +441,26 @@ def money(value: Any) -> Decimal:
     """A response/event amount as an exact Decimal (refusing floats, which would hide rounding)."""
     assert not isinstance(value, float), f"amount {value!r} is a float"
     return Decimal(str(value))
+
+
+def serving_order_collections(db) -> OrderCollections:
+    """The collections of the order-views version serving now in read database `db` (a rebuild moves it)."""
+    doc = db[READ_MODEL_VERSIONS].find_one({"_id": "order-views"})
+    return ServingRecord.from_document("order-views", doc).order_collections
+
+
+@pytest.fixture(scope="module")
+def isolated(setup_done, settings: Settings, spawn_gateway_module, tmp_path_factory) -> Iterator[dict]:
+    prefix = f"g{uuid.uuid4().hex[:6]}-"
+    gateway = spawn_gateway_module("isolated", TOPIC_PREFIX=prefix)
+    gateway.wait_ready(leader=None)
+    yield {"prefix": prefix, "gateway": gateway, "log_dir": tmp_path_factory.mktemp("pipelines"),
+           "made": {"customers": [], "products": [], "orders": []}}
+    admin_topics = kafka.admin_client(settings).list_topics(timeout=10).topics
+    kafka.delete_topics(settings, [t for t in admin_topics if t.startswith(prefix) or prefix in t])
+
+
+@pytest.fixture(scope="module")
+def spawn_gateway_module(setup_done, gateway_logs):
+    with gateway_spawner(gateway_logs) as spawn:
+        yield spawn

@@ -9,222 +9,25 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from datetime import datetime, timezone
-from decimal import Decimal
-from pathlib import Path
 
 import httpx
-import pytest
-from elasticsearch.helpers import scan
 
-from app import processes
-from app.read_models import CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCT_STATS, sales_day_key
 from app.settings import Settings
-from app.projections import PROJECTIONS
-from connectors import elasticsearch, kafka, mongo, postgres, redis
-from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, gateway_spawner,
-                                make_client, wait_until)
+from connectors import kafka
+from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, make_client, wait_until)
 
-SETTLE_S = 180
-
-
-class Pipeline:
-    """Workers of the three projections writing into one isolated set of read models."""
-
-    def __init__(self, base: Settings, prefix: str, name: str, redis_db: int, log_dir: Path) -> None:
-        self.prefix, self.name, self.log_dir = prefix, name, log_dir
-        self.env = {"TOPIC_PREFIX": prefix, "MONGO_DATABASE": f"cqrs_{name}", "ES_PRODUCTS_ALIAS": f"products-{name}",
-                    "REDIS_URL": f"redis://127.0.0.1:6379/{redis_db}", "PROJECTION_START": "earliest",
-                    "PROJECTION_BATCH_WAIT_S": "0.1", "PROJECTION_BATCH_SIZE": "200"}
-        self.settings = Settings(topic_prefix=prefix, mongo_database=f"cqrs_{name}",
-                                 es_products_alias=f"products-{name}", redis_url=self.env["REDIS_URL"])
-        self.workers: dict[str, list[processes.AppProcess]] = {}
-
-    def start(self, projection: str, group: str, count: int = 1) -> None:
-        env = {**self.env, "PROJECTION_GROUP_SUFFIX": f"-{group}"}
-        self.workers.setdefault(projection, []).extend(
-            processes.start(f"{self.name}-{group}-{projection}-{uuid.uuid4().hex[:4]}",
-                            ["worker", projection], log_dir=self.log_dir, env=env, ready_path=None)
-            for _ in range(count))
-
-    def start_all(self, group: str) -> None:
-        for projection in PROJECTIONS:
-            self.start(projection, group)
-
-    def stop(self) -> None:
-        for procs in self.workers.values():
-            for p in procs:
-                p.stop()
-        self.workers.clear()
-
-    def wait_caught_up(self, group: str, timeout: float = SETTLE_S) -> None:
-        """Until every projection's group has committed the end offset of each of its partitions."""
-        admin = kafka.admin_client(self.settings)
-        from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
-
-        probe = Consumer({**kafka.base_config(self.settings), "group.id": f"probe-{uuid.uuid4()}"})
-        topics = {"order-views": ["order-events"], "product-search": ["product-events"],
-                  "sales-stats": ["order-events"]}
-        end = deadline(timeout)
-        try:
-            for projection, names in topics.items():
-                group_id = f"cqrs-{projection}-{group}"
-                tps = [TopicPartition(self.prefix + t, p) for t in names for p in range(self.settings.topic_partitions)]
-                ends = {(tp.topic, tp.partition): probe.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
-                while True:
-                    res = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group_id, tps)])
-                    got = {(tp.topic, tp.partition): tp.offset for tp in res[group_id].result(10).topic_partitions}
-                    if all(got.get(k, -1) >= v for k, v in ends.items() if v > 0):
-                        break
-                    for p in self.workers.get(projection, []):
-                        assert p.proc.poll() is None, f"{p.name} exited: {p.log_tail()}"
-                    assert time.monotonic() < end, f"{group_id} not caught up: {got} < {ends}"
-                    time.sleep(0.5)
-        finally:
-            probe.close()
-        time.sleep(1.0)  # the last batch's sink writes finish before its offsets are committed
-
-    def snapshot(self) -> dict:
-        """Every read model of this pipeline, normalised for comparison."""
-        client = mongo.mongo_client(self.settings)
-        db = mongo.read_database(self.settings, client)
-        es = elasticsearch.es_client(self.settings)
-        r = redis.redis_client(self.settings)
-        try:
-            es.indices.refresh(index=self.settings.es_products_alias)
-            hits = list(scan(es, index=self.settings.es_products_alias, query={"query": {"match_all": {}}}))
-            return {
-                "order_views": sorted(db[ORDER_VIEWS].find(), key=lambda d: d["_id"]),
-                "history": sorted(db[CUSTOMER_HISTORY].find(), key=lambda d: d["_id"]),
-                "product_stats": sorted(({k: v for k, v in d.items() if k != "version"}
-                                         for d in db[PRODUCT_STATS].find()), key=lambda d: d["_id"]),
-                "search": sorted((h["_id"], h["_source"]) for h in hits),
-                "sales": {k: r.hgetall(k) for k in sorted(r.scan_iter("sales:day:*"))},
-            }
-        finally:
-            client.close()
-
-    def cleanup(self) -> None:
-        client = mongo.mongo_client(self.settings)
-        client.drop_database(self.settings.mongo_database)
-        client.close()
-        es = elasticsearch.es_client(self.settings)
-        es.options(ignore_status=404).indices.delete(index=f"{self.settings.es_products_alias}-v1")
-        redis.redis_client(self.settings).flushdb()
-
-
-@pytest.fixture(scope="module")
-def isolated(setup_done, settings: Settings, spawn_gateway_module, tmp_path_factory) -> Iterator[dict]:
-    prefix = f"g{uuid.uuid4().hex[:6]}-"
-    gateway = spawn_gateway_module("isolated", TOPIC_PREFIX=prefix)
-    gateway.wait_ready(leader=None)
-    yield {"prefix": prefix, "gateway": gateway, "log_dir": tmp_path_factory.mktemp("pipelines"),
-           "made": {"customers": [], "products": [], "orders": []}}
-    admin_topics = kafka.admin_client(settings).list_topics(timeout=10).topics
-    kafka.delete_topics(settings, [t for t in admin_topics if t.startswith(prefix) or prefix in t])
-
-
-@pytest.fixture(scope="module")
-def spawn_gateway_module(setup_done, gateway_logs):
-    with gateway_spawner(gateway_logs) as spawn:
-        yield spawn
-
-
-def _traffic(client, rng: random.Random, orders: int, made: dict) -> dict:
-    """Commands on the isolated topics; everything created is also added to `made` (all the module's
-    aggregates, since every pipeline replays the topics from the start)."""
-    customers = [create_customer(client, name=f"Guarantee {i}") for i in range(4)]
-    products = [create_product(client, price=f"{rng.randint(1000, 5000) / 100:.2f}", stock=10_000,
-                               name=f"Guarantee product {i}", category="Test") for i in range(5)]
-    order_ids = []
-    for _ in range(orders):
-        lines = [(p, rng.randint(1, 3)) for p in rng.sample(products, rng.randint(1, 3))]
-        oid = create_order(client, rng.choice(customers), lines)["order_id"]
-        order_ids.append(oid)
-        roll = rng.random()
-        if roll < 0.2:
-            client.post(f"/api/orders/{oid}/cancel", json={})
-        elif roll < 0.5:
-            client.post(f"/api/orders/{oid}/ship", json={})
-            if roll < 0.35:
-                client.post(f"/api/orders/{oid}/deliver")
-        elif roll < 0.7:
-            extra = rng.choice(products)
-            client.post(f"/api/orders/{oid}/items", json={"product_id": extra, "quantity": 1})
-    for key, values in (("customers", customers), ("products", products), ("orders", order_ids)):
-        made[key].extend(values)
-    return made
-
-
-def _truth(settings: Settings, made: dict) -> dict:
-    """What the read models must say, computed from the write model."""
-    with postgres.connect(settings) as conn:
-        orders = {r[0]: {"status": r[1], "total": f"{r[2]:.2f}", "customer_id": r[3], "customer_name": r[4]}
-                  for r in conn.execute("select o.order_id, o.status, o.total, o.customer_id, c.name from orders o "
-                                        "join customers c using (customer_id) where o.order_id = any(%s)",
-                                        (made["orders"],))}
-        for oid in orders:
-            orders[oid]["items"] = sorted((r[0], r[1], f"{r[2]:.2f}") for r in conn.execute(
-                "select product_id, quantity, unit_price from order_items where order_id = %s", (oid,)))
-        stats = {pid: (0, 0) for pid in made["products"]}
-        for oid, o in orders.items():
-            if o["status"] != "cancelled":
-                for pid, qty, _ in o["items"]:
-                    count, units = stats[pid]
-                    stats[pid] = (count + 1, units + qty)
-        stock = dict(conn.execute("select product_id, available from stock where product_id = any(%s)",
-                                  (made["products"],)).fetchall())
-    live = [o for o in orders.values() if o["status"] != "cancelled"]
-    cents = sum(int(Decimal(o["total"]) * 100) for o in live)
-    return {"orders": orders, "stats": stats, "stock": stock, "sales": (len(live), cents)}
-
-
-def _check_against_truth(pipeline: Pipeline, truth: dict, timeout: float = 30.0) -> None:
-    """The read models equal the truth, allowing `timeout` for copies made by periodic upkeep."""
-    end = deadline(timeout)
-    while True:
-        try:
-            return _compare(pipeline, truth)
-        except AssertionError:
-            if time.monotonic() > end:
-                raise
-            time.sleep(1.0)
-
-
-def _compare(pipeline: Pipeline, truth: dict) -> None:
-    snap = pipeline.snapshot()
-    views = {v["_id"]: v for v in snap["order_views"]}
-    assert set(views) == set(truth["orders"]), "order views are not exactly the orders of the write model"
-    for oid, want in truth["orders"].items():
-        v = views[oid]
-        assert (v["status"], v["total"], v["customer_id"], v["customer_name"]) == (
-            want["status"], want["total"], want["customer_id"], want["customer_name"]), oid
-        assert sorted((i["product_id"], i["quantity"], i["unit_price"]) for i in v["items"]) == want["items"], oid
-    history = {(h["customer_id"], h["order_id"]): h for h in snap["history"]}
-    assert len(history) == len(snap["history"]) == len(truth["orders"]), "one history entry per order"
-    for oid, want in truth["orders"].items():
-        assert history[(want["customer_id"], oid)]["status"] == want["status"], oid
-    stats = {d["_id"]: (d["purchase_count"], d["units_sold"]) for d in snap["product_stats"]}
-    for pid, want in truth["stats"].items():
-        assert stats.get(pid, (0, 0)) == want, pid
-    search = dict(snap["search"])
-    for pid, available in truth["stock"].items():
-        assert search[pid]["stock"] == available and search[pid]["purchase_count"] == truth["stats"][pid][0]
-    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    sales = snap["sales"].get(sales_day_key(day), {})
-    assert (int(sales.get("orders", 0)), int(sales.get("revenue_cents", 0))) == truth["sales"]
+from tests.e2e.pipeline import SETTLE_S, Pipeline, check_against_truth, traffic, truth
 
 
 def test_replay_from_offset_zero_reproduces_identical_views(isolated, settings: Settings, token: str):
     client = make_client(isolated["gateway"].url, token)
-    made = _traffic(client, random.Random(7), orders=25, made=isolated["made"])
+    made = traffic(client, random.Random(7), orders=25, made=isolated["made"])
     first = Pipeline(settings, isolated["prefix"], f"first{uuid.uuid4().hex[:6]}", 2, isolated["log_dir"])
     second = Pipeline(settings, isolated["prefix"], f"second{uuid.uuid4().hex[:6]}", 3, isolated["log_dir"])
     try:
         first.start_all("a")
         first.wait_caught_up("a")
-        _check_against_truth(first, _truth(settings, made))
+        check_against_truth(first, truth(settings, made))
         before = first.snapshot()
 
         second.start_all("b")
@@ -247,16 +50,16 @@ def test_worker_killed_mid_stream_loses_and_double_applies_nothing(isolated, set
     pipeline = Pipeline(settings, isolated["prefix"], f"crash{uuid.uuid4().hex[:6]}", 4, isolated["log_dir"])
     try:
         pipeline.start_all("c")
-        _traffic(client, random.Random(11), orders=15, made=isolated["made"])
+        traffic(client, random.Random(11), orders=15, made=isolated["made"])
         for projection in ("order-views", "sales-stats"):
             for w in pipeline.workers[projection]:
                 w.kill()
             pipeline.workers[projection] = []
-        made = _traffic(client, random.Random(12), orders=15, made=isolated["made"])
+        made = traffic(client, random.Random(12), orders=15, made=isolated["made"])
         for projection in ("order-views", "sales-stats"):
             pipeline.start(projection, "c")
         pipeline.wait_caught_up("c")
-        _check_against_truth(pipeline, _truth(settings, made))
+        check_against_truth(pipeline, truth(settings, made))
     finally:
         pipeline.stop()
         pipeline.cleanup()
@@ -279,9 +82,9 @@ def test_two_workers_in_one_group_split_the_partitions(isolated, settings: Setti
                 break
             assert time.monotonic() < end, f"partitions not split between two workers: {owned}"
             time.sleep(0.5)
-        made = _traffic(client, random.Random(13), orders=20, made=isolated["made"])
+        made = traffic(client, random.Random(13), orders=20, made=isolated["made"])
         pipeline.wait_caught_up("s")
-        _check_against_truth(pipeline, _truth(settings, made))
+        check_against_truth(pipeline, truth(settings, made))
     finally:
         pipeline.stop()
         pipeline.cleanup()
@@ -298,7 +101,7 @@ def test_workers_joining_and_leaving_under_live_traffic_lose_nothing(isolated, s
         client, rng = make_client(isolated["gateway"].url, token), random.Random(17)
         try:
             while not stop.wait(0.2):
-                _traffic(client, rng, orders=5, made=isolated["made"])
+                traffic(client, rng, orders=5, made=isolated["made"])
         except BaseException as exc:  # reported by the test thread
             failures.append(exc)
 
@@ -317,7 +120,7 @@ def test_workers_joining_and_leaving_under_live_traffic_lose_nothing(isolated, s
         traffic.join(timeout=60)
         assert not failures, f"commands failed: {failures[0]!r}"
         pipeline.wait_caught_up("m")
-        _check_against_truth(pipeline, _truth(settings, isolated["made"]))
+        check_against_truth(pipeline, truth(settings, isolated["made"]))
     finally:
         stop.set()
         pipeline.stop()

@@ -13,13 +13,14 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from app import processes
-from app.read_models import (CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCT_STATS, PRODUCTS_ALIAS, history_entry_id,
+from app.read_models import (PRODUCT_STATS, PRODUCTS_ALIAS, history_entry_id,
                              sales_day_key)
 from app.settings import Settings
 from agents.dead_letters import DLQ_TOPIC, describe
 from app.projections import PROJECTIONS
 from connectors import elasticsearch, kafka, mongo, redis
-from tests.e2e.conftest import create_customer, create_order, create_product, deadline, wait_until
+from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, serving_order_collections,
+                                wait_until)
 
 TIMEOUT_S = 60
 
@@ -95,7 +96,7 @@ def test_order_lifecycle_reaches_every_read_model(workers, client, read_db, sett
     assert client.post(f"/api/orders/{order}/ship", json={"tracking_number": "TRK-1"}).status_code == 202
 
     view = wait_until("order view at sequence 3",
-                      lambda: read_db[ORDER_VIEWS].find_one({"_id": order, "last_seq": 3}))
+                      lambda: read_db[serving_order_collections(read_db).views].find_one({"_id": order, "last_seq": 3}))
     assert view["status"] == "shipped" and view["tracking_number"] == "TRK-1"
     assert view["customer_name"] == "Ada Lovelace"
     assert view["total"] == "94.99"
@@ -103,8 +104,8 @@ def test_order_lifecycle_reaches_every_read_model(workers, client, read_db, sett
         ("USB Cable", 3, "5.00"), ("Wireless Headphones", 1, "79.99")]
 
     entry_id = history_entry_id(customer, order)
-    history = wait_until("customer history", lambda: (read_db[CUSTOMER_HISTORY].find_one({"_id": entry_id}) or {})
-                         .get("status") == "shipped" and read_db[CUSTOMER_HISTORY].find_one({"_id": entry_id}))
+    history = wait_until("customer history", lambda: (read_db[serving_order_collections(read_db).history].find_one({"_id": entry_id}) or {})
+                         .get("status") == "shipped" and read_db[serving_order_collections(read_db).history].find_one({"_id": entry_id}))
     assert (history["customer_id"], history["order_id"], history["total"]) == (customer, order, "94.99")
 
     doc = wait_until("indexed product with stock after reservation", lambda: (
@@ -122,7 +123,7 @@ def test_order_lifecycle_reaches_every_read_model(workers, client, read_db, sett
     assert int(after["revenue_cents"]) - int(before.get("revenue_cents", 0)) >= 9499
 
     assert client.post(f"/api/orders/{order}/deliver").status_code == 202
-    wait_until("delivered", lambda: read_db[ORDER_VIEWS].find_one({"_id": order, "status": "delivered"}))
+    wait_until("delivered", lambda: read_db[serving_order_collections(read_db).views].find_one({"_id": order, "status": "delivered"}))
 
 
 def test_redelivered_events_change_nothing(workers, client, read_db, settings: Settings, wait_for_events):
@@ -130,7 +131,7 @@ def test_redelivered_events_change_nothing(workers, client, read_db, settings: S
     product = create_product(client, price="12.50", stock=50)
     order = create_order(client, customer, [(product, 2)])["order_id"]
     assert client.post(f"/api/orders/{order}/items", json={"product_id": product, "quantity": 1}).status_code == 202
-    wait_until("order view", lambda: read_db[ORDER_VIEWS].find_one({"_id": order, "last_seq": 2}))
+    wait_until("order view", lambda: read_db[serving_order_collections(read_db).views].find_one({"_id": order, "last_seq": 2}))
     wait_until("stats", lambda: read_db[PRODUCT_STATS].find_one({"_id": product, "units_sold": 3}))
 
     events = wait_for_events("order-events", order, 2)
@@ -140,7 +141,7 @@ def test_redelivered_events_change_nothing(workers, client, read_db, settings: S
             producer.produce("order-events", key=e.key, value=e.value, headers=list(e.headers.items()))
     assert producer.flush(10) == 0
     marker = create_order(client, customer, [(product, 1)])["order_id"]
-    wait_until("a later order", lambda: read_db[ORDER_VIEWS].find_one({"_id": marker}))
+    wait_until("a later order", lambda: read_db[serving_order_collections(read_db).views].find_one({"_id": marker}))
 
     def skipped(projection: str) -> float:
         samples = worker_metrics(projection)
@@ -152,7 +153,7 @@ def test_redelivered_events_change_nothing(workers, client, read_db, settings: S
     stats = wait_until("stats with the later order and nothing more", lambda: (lambda d: d if d and (
         d["purchase_count"], d["units_sold"]) == (2, 4) else None)(read_db[PRODUCT_STATS].find_one({"_id": product})))
     assert (stats["purchase_count"], stats["units_sold"]) == (2, 4)
-    view = read_db[ORDER_VIEWS].find_one({"_id": order})
+    view = read_db[serving_order_collections(read_db).views].find_one({"_id": order})
     assert view["last_seq"] == 2 and view["items"][0]["quantity"] == 3 and view["total"] == "37.50"
 
     for projection in ("order-views", "sales-stats"):
@@ -173,7 +174,7 @@ def test_cancelling_takes_the_order_out_of_the_figures(workers, client, read_db,
     stats = wait_until("stats back to zero", lambda: read_db[PRODUCT_STATS].find_one({"_id": product,
                                                                                         "units_sold": 0}))
     assert stats["purchase_count"] == 0
-    wait_until("cancelled view", lambda: read_db[ORDER_VIEWS].find_one({"_id": order, "status": "cancelled"}))
+    wait_until("cancelled view", lambda: read_db[serving_order_collections(read_db).views].find_one({"_id": order, "status": "cancelled"}))
 
 
 def _dead_letters_since(settings: Settings, offsets: dict[int, int]) -> list:
@@ -212,7 +213,7 @@ def test_poison_event_is_dead_lettered_and_later_events_still_apply(workers, cli
     customer = create_customer(client)
     product = create_product(client, price="15.00", stock=5)
     order = create_order(client, customer, [(product, 1)])["order_id"]
-    wait_until("order after the poison event", lambda: read_db[ORDER_VIEWS].find_one({"_id": order}))
+    wait_until("order after the poison event", lambda: read_db[serving_order_collections(read_db).views].find_one({"_id": order}))
 
     letters = wait_until("dead letters", lambda: [m for m in _dead_letters_since(settings, start)
                                                   if m.key() == poison_key] or None)
@@ -243,13 +244,13 @@ def test_gap_is_held_until_the_missing_event_arrives(workers, read_db, settings:
     for value in (created, delivered):
         producer.produce("order-events", key=order.encode(), value=value)
     assert producer.flush(10) == 0
-    wait_until("created", lambda: read_db[ORDER_VIEWS].find_one({"_id": order}))
+    wait_until("created", lambda: read_db[serving_order_collections(read_db).views].find_one({"_id": order}))
     time.sleep(1.0)
-    held = read_db[ORDER_VIEWS].find_one({"_id": order})
+    held = read_db[serving_order_collections(read_db).views].find_one({"_id": order})
     assert (held["last_seq"], held["status"]) == (1, "pending"), "sequence 3 applied before 2"
     producer.produce("order-events", key=order.encode(), value=shipped)
     assert producer.flush(10) == 0
-    final = wait_until("gap filled", lambda: read_db[ORDER_VIEWS].find_one({"_id": order, "last_seq": 3}))
+    final = wait_until("gap filled", lambda: read_db[serving_order_collections(read_db).views].find_one({"_id": order, "last_seq": 3}))
     assert final["status"] == "delivered"
 
 
