@@ -142,6 +142,12 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    from app import rebuild
+
+    return rebuild.main(args, get_settings())
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from app import schema_gate
 
@@ -160,6 +166,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "worker": (cmd_worker, "run the Faust worker of one projection"),
     "dlq": (cmd_dlq, "list dead letters, or replay them to their source topics"),
     "schemas": (cmd_schemas, "check the Avro schemas against the registry's compatibility levels, or register them"),
+    "rebuild": (cmd_rebuild, "build a new version of a read model by replaying its topics, then switch reads to it"),
     "lag": (cmd_lag, "show each projection's consumer lag: offsets and event-time staleness per partition"),
 }
 
@@ -180,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--limit", type=int, default=1000, help="list the newest, at most this many")
             p.add_argument("--dry-run", action="store_true", help="replay: count, send nothing")
             p.add_argument("--key", help="only the dead letters with this record key (an aggregate id)")
+        if name == "rebuild":
+            from app.rebuild import add_arguments as add_rebuild_arguments
+            add_rebuild_arguments(p)
         if name == "lag":
             from app.lag import add_arguments
             add_arguments(p)

@@ -86,6 +86,19 @@ def delete_topics(settings: Settings, names: Iterable[str], timeout: float = 30.
                 raise
 
 
+def delete_consumer_groups(settings: Settings, groups: Iterable[str], timeout: float = 30.0) -> None:
+    """Delete consumer groups (and their committed offsets); a group that does not exist is no error."""
+    from confluent_kafka.error import KafkaException
+
+    admin = admin_client(settings)
+    for group, future in admin.delete_consumer_groups(list(groups), request_timeout=timeout).items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].name() != "GROUP_ID_NOT_FOUND":
+                raise
+
+
 def committed_offsets(settings: Settings, group_id: str, partitions: Iterable[tuple[str, int]],
                       timeout: float = 10.0) -> dict[tuple[str, int], int | None]:
     """The group's committed offset of each (topic, partition); None where it has committed none."""

@@ -29,3 +29,20 @@ def check(settings: Settings) -> ServiceInfo:
     with connect(settings) as conn:
         version = conn.execute("show server_version").fetchone()[0]
     return ServiceInfo(SERVICE, _redacted(settings.write_db_url), version)
+
+
+def try_advisory_lock(conn: psycopg.Connection, key: int) -> bool:
+    """Take the session-level advisory lock `key` if free; it is released when the session ends."""
+    return bool(conn.execute("select pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+
+
+def advisory_lock_holder(conn: psycopg.Connection, key: int) -> str | None:
+    """Who holds advisory lock `key`: the session's application name, client address and backend pid."""
+    row = conn.execute(
+        "select coalesce(nullif(a.application_name, ''), 'a session') || ' from ' || coalesce(a.client_addr::text, "
+        "'local socket') || ' (backend ' || a.pid || ', since ' || to_char(a.backend_start at time zone 'UTC', "
+        "'YYYY-MM-DD HH24:MI:SS') || ' UTC)' from pg_locks l join pg_stat_activity a using (pid) "
+        "where l.locktype = 'advisory' and l.granted and l.objsubid = 1 "
+        "and l.database = (select oid from pg_database where datname = current_database()) "
+        "and ((l.classid::bigint << 32) | l.objid::bigint) = %s", (key,)).fetchone()
+    return row[0] if row else None
