@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STACK := deploy/local/stack
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack-up stack-down stack-status stack-logs demo smoke test test-unit lag schemas-check k8s-validate monitoring-check bench-commands bench-projections clean
+.PHONY: help venv stack-up stack-down stack-status stack-logs demo smoke test test-unit lag schemas-check k8s-validate monitoring-check bench-commands bench-projections bench-rebuild clean
 
 help:
 	@echo "make demo         bring the local stack up and play the story through gateway, query API and workers"
@@ -65,3 +65,6 @@ bench-commands: venv stack-up
 
 bench-projections: venv stack-up
 	$(BIN)/python -m benchmarks.projections
+
+bench-rebuild: venv stack-up
+	$(BIN)/python -m benchmarks.rebuild
