@@ -16,7 +16,7 @@ from app.read_model_versions import ServingRecord
 from app.read_models import PRODUCTS_ALIAS, PRODUCTS_MAPPING, products_index
 from domain.views import apply_product_event
 
-OWNED_ELSEWHERE = ("purchase_count",)
+OWNED_ELSEWHERE = ("purchase_count", "sales_version")
 SERVING_REFRESH = "1s"
 
 
@@ -24,6 +24,9 @@ async def ensure_products_index(es: AsyncElasticsearch, alias: str = PRODUCTS_AL
     """Create `<alias>-v1` with the explicit mapping and point the alias at it, unless the alias exists.
     Safe to run from several workers at once (the product and sales workers start together)."""
     if await es.indices.exists_alias(name=alias):
+        # Fields added to the mapping since the index was created (e.g. `sales_version`) are added in
+        # place; putting the fields it already has is a no-op.
+        await es.indices.put_mapping(index=alias, properties=PRODUCTS_MAPPING["properties"])
         return alias
     index = products_index(alias, 1)
     await create_products_index(es, index)
@@ -85,7 +88,7 @@ class ProductSearch:
         for pid, doc in changed.items():
             partial = {k: v for k, v in doc.items() if k not in OWNED_ELSEWHERE}
             operations.append({"update": {"_index": self.index, "_id": pid, "retry_on_conflict": 3}})
-            operations.append({"doc": partial, "upsert": {**doc, "purchase_count": doc.get("purchase_count", 0)}})
+            operations.append({"doc": partial, "upsert": {**partial, "purchase_count": doc.get("purchase_count", 0)}})
         resp = await self.es.bulk(operations=operations, refresh=False)
         failures = {}
         if resp.get("errors"):

@@ -113,6 +113,10 @@ class ReplayBuffer:
             failures = await self.inner.write({agg: self.states[agg] for agg in chunk})
             if failures:
                 raise FlushFailed(failures)
+            as_stored = getattr(self.inner, "as_stored", None)
+            if as_stored is not None:
+                for agg in chunk:
+                    self.states[agg] = as_stored(self.states[agg])
             self.stored.update(chunk)
             self.dirty.difference_update(chunk)
             written += len(chunk)

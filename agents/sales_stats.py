@@ -12,6 +12,11 @@ was copied, the search index at the count that was copied, and that version is s
 Redis (one atomic check), so neither a concurrent
 batch of another worker nor a lost concurrent update in the read store can leave an old copy behind:
 the product stays dirty and is copied again on the next batch or tick.
+
+Versions (`cqrs rebuild sales-stats`): everything lives under one version's Redis prefix and product-stats
+collection, which the live worker points at the serving version before each batch and tick. Purchase
+counts copied into the search index carry the sales version and only replace a copy of the same or an
+older version, so a worker still copying the previous version's figures never undoes a newer copy.
 """
 from __future__ import annotations
 
@@ -25,12 +30,13 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from agents.read_store import bulk_write_unordered, find_by_ids
-from app.read_models import PRODUCT_STATS, PRODUCTS_ALIAS, SALES_PREFIX
+from app.read_model_versions import ServingRecord
+from app.read_models import PRODUCTS_ALIAS, product_stats_collection, sales_prefix
 from domain.views import OrderFacts, apply_order_facts, sales_contributions
 
 LEDGER_TTL_S = 35 * 24 * 3600
 DAY_TTL_S = 35 * 24 * 3600
-DIRTY = f"{SALES_PREFIX}dirty-products"
+DIRTY = "dirty-products"   # a set under each version's prefix
 CLEAN_IF_UNCHANGED = """
 local removed = 0
 for i = 1, #ARGV, 2 do
@@ -97,19 +103,33 @@ class SalesStats:
     sinks = "redis+mongodb+elasticsearch"
 
     def __init__(self, redis, db: AsyncDatabase, es: AsyncElasticsearch | None, alias: str = PRODUCTS_ALIAS,
-                 sync_limit: int = 2000) -> None:
+                 sync_limit: int = 2000, version: int = 1) -> None:
         self.redis = redis
         self.db = db
         self.es = es
         self.alias = alias
         self.sync_limit = sync_limit
+        self.use_version(version)
         self._script = redis.register_script(APPLY_CONTRIBUTIONS)
         self._clean = redis.register_script(CLEAN_IF_UNCHANGED)
+
+    def use_version(self, version: int) -> None:
+        self.version = version
+        self.prefix = sales_prefix(version)
+        self.stats = product_stats_collection(version)
+
+    async def target_serving(self, record: ServingRecord) -> None:
+        self.use_version(record.serving)
+
+    def as_stored(self, state: Any) -> Any:
+        """The state once written: the ledger is at its new sequence (a bulk replay keeps states between writes)."""
+        _, new_seq, facts = state
+        return new_seq, new_seq, facts
 
     async def load(self, aggregate_ids: list[str]) -> dict[str, Any]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for oid in aggregate_ids:
-                pipe.hmget(f"{SALES_PREFIX}ledger:{oid}", "seq", "state")
+                pipe.hmget(f"{self.prefix}ledger:{oid}", "seq", "state")
             rows = await pipe.execute()
         states = {}
         for oid, (seq, state) in zip(aggregate_ids, rows):
@@ -129,7 +149,7 @@ class SalesStats:
         return read_seq, event["sequence_number"], apply_order_facts(facts, event)
 
     async def write(self, changed: dict[str, Any]) -> dict[str, str]:
-        args: list[Any] = [SALES_PREFIX, LEDGER_TTL_S, DAY_TTL_S]
+        args: list[Any] = [self.prefix, LEDGER_TTL_S, DAY_TTL_S]
         for oid, (read_seq, new_seq, facts) in changed.items():
             contributions = sales_contributions(facts)
             args += [oid, read_seq, new_seq, json.dumps(facts.as_ledger()), len(contributions)]
@@ -140,52 +160,72 @@ class SalesStats:
         await self.sync_products()
         return {}
 
+    async def _copy_purchase_counts(self, counts: dict[str, int]) -> set[str]:
+        """Copy purchase counts into the search index, each only over a copy of the same or an older sales
+        version, as a compare-and-set on the document's sequence number (no scripting needed). Returns the
+        products whose copy is not in place (not indexed yet, a concurrent change, or a newer version's)."""
+        current = await self.es.mget(index=self.alias, ids=list(counts), source_includes=["sales_version"])
+        pending: set[str] = set()
+        operations: list[dict] = []
+        for doc in current["docs"]:
+            pid = doc["_id"]
+            if not doc.get("found") or (doc["_source"].get("sales_version") or 0) > self.version:
+                pending.add(pid)
+                continue
+            operations.append({"update": {"_index": doc["_index"], "_id": pid, "if_seq_no": doc["_seq_no"],
+                                          "if_primary_term": doc["_primary_term"]}})
+            operations.append({"doc": {"purchase_count": counts[pid], "sales_version": self.version}})
+        if operations:
+            resp = await self.es.bulk(operations=operations, refresh=False)
+            for item in resp["items"]:
+                result = item["update"]
+                if result.get("status") in (404, 409):
+                    pending.add(result["_id"])
+                elif result.get("error"):
+                    raise RuntimeError(f"search index rejected purchase counts: {result['error']}")
+        copied = [pid for pid in counts if pid not in pending]
+        if copied:
+            indexed = await self.es.mget(index=self.alias, ids=copied,
+                                         source_includes=["purchase_count", "sales_version"])
+            pending |= {d["_id"] for d in indexed["docs"]
+                        if not d.get("found") or d["_source"].get("purchase_count") != counts[d["_id"]]
+                        or d["_source"].get("sales_version") != self.version}
+        return pending
+
     async def tick(self) -> None:
         await self.sync_products()
 
     async def sync_products(self) -> None:
         """Copy the counters of products changed since their last copy into MongoDB and Elasticsearch."""
-        product_ids = await self.redis.srandmember(DIRTY, self.sync_limit)
+        product_ids = await self.redis.srandmember(self.prefix + DIRTY, self.sync_limit)
         if not product_ids:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for pid in product_ids:
-                pipe.hmget(f"{SALES_PREFIX}product:{pid}", "purchase_count", "units_sold", "version")
+                pipe.hmget(f"{self.prefix}product:{pid}", "purchase_count", "units_sold", "version")
             rows = await pipe.execute()
         figures = {pid: (int(c or 0), int(u or 0), int(v or 0)) for pid, (c, u, v) in zip(product_ids, rows)}
         # Conditional on `version`, so a slower worker never overwrites newer figures. Missing documents
         # are inserted (a concurrent insert of the same product loses with a duplicate key, harmlessly).
-        existing = {d["_id"] async for d in self.db[PRODUCT_STATS].find({"_id": {"$in": list(figures)}}, {"_id": 1})}
+        existing = {d["_id"] async for d in self.db[self.stats].find({"_id": {"$in": list(figures)}}, {"_id": 1})}
         ops = [(pid, UpdateOne({"_id": pid, "version": {"$lt": v}},
                                {"$set": {"purchase_count": c, "units_sold": u, "version": v}})
                 if pid in existing else
                 InsertOne({"_id": pid, "product_id": pid, "purchase_count": c, "units_sold": u, "version": v}))
                for pid, (c, u, v) in figures.items()]
         try:
-            await bulk_write_unordered(self.db[PRODUCT_STATS], ops)
+            await bulk_write_unordered(self.db[self.stats], ops)
         except BulkWriteError as exc:
             real = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
             if real:
                 raise
-        stored = await find_by_ids(self.db[PRODUCT_STATS], list(figures), {"version": 1})
+        stored = await find_by_ids(self.db[self.stats], list(figures), {"version": 1})
         if self.es is not None:
-            operations: list[dict] = []
-            for pid, (count, _, _) in figures.items():
-                operations.append({"update": {"_index": self.alias, "_id": pid, "retry_on_conflict": 3}})
-                operations.append({"doc": {"purchase_count": count}, "doc_as_upsert": False})
-            resp = await self.es.bulk(operations=operations, refresh=False)
-            missing = {i["update"]["_id"] for i in resp["items"]
-                       if i["update"].get("status") == 404}
-            failed = [i for i in resp["items"] if i["update"].get("error") and i["update"].get("status") != 404]
-            if failed:
-                raise RuntimeError(f"search index rejected purchase counts: {failed[0]['update']['error']}")
-            indexed = await self.es.mget(index=self.alias, ids=list(figures), source_includes=["purchase_count"])
-            missing |= {d["_id"] for d in indexed["docs"]
-                        if d.get("found") and d["_source"].get("purchase_count") != figures[d["_id"]][0]}
+            missing = await self._copy_purchase_counts({pid: c for pid, (c, _, _) in figures.items()})
         else:
             missing = set()
         done = [pid for pid in product_ids
                 if pid not in missing and stored.get(pid, {}).get("version", -1) >= figures[pid][2]]
         if done:
-            await self._clean(keys=[f"{SALES_PREFIX}product:", DIRTY],
+            await self._clean(keys=[f"{self.prefix}product:", self.prefix + DIRTY],
                               args=[a for pid in done for a in (pid, figures[pid][2])])

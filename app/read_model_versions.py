@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.read_models import READ_MODEL_VERSIONS, OrderCollections, order_collections
+from app.read_models import (READ_MODEL_VERSIONS, OrderCollections, order_collections, product_stats_collection,
+                             sales_prefix)
 
 FENCE_S = 10.0
 FENCE_POLL_S = 0.05
@@ -62,6 +63,14 @@ class ServingRecord:
     def order_collections(self) -> OrderCollections:
         return order_collections(self.serving)
 
+    @property
+    def sales_prefix(self) -> str:
+        return sales_prefix(self.serving)
+
+    @property
+    def product_stats(self) -> str:
+        return product_stats_collection(self.serving)
+
 
 async def current(collection, projection: str) -> ServingRecord:
     """The record as stored now (an async pymongo collection)."""
@@ -79,7 +88,8 @@ async def wait_unfenced(collection, projection: str, clock: Callable[[], float] 
 
 class ServingCache:
     """The serving record for readers (the query API): read at most once per READ_CACHE_S, so a switch is
-    seen by every reader within that time, while the retired version still exists (grace period)."""
+    seen by every reader within that time, while the retired version still exists (grace period). While
+    the read store cannot be asked, the last record read keeps being used."""
 
     def __init__(self, db, clock: Callable[[], float] = time.monotonic) -> None:
         self.collection = db[READ_MODEL_VERSIONS]
@@ -91,6 +101,11 @@ class ServingCache:
         now = self.clock()
         if hit is not None and now - hit[0] < READ_CACHE_S:
             return hit[1]
-        record = await current(self.collection, projection)
+        try:
+            record = await current(self.collection, projection)
+        except Exception:
+            if hit is not None:  # the read store is away: keep serving what was serving
+                return hit[1]
+            raise
         self._cached[projection] = (now, record)
         return record

@@ -15,9 +15,12 @@ MongoDB (database `settings.mongo_database`):
 - PRODUCT_STATS `product_stats`: one document per product, `_id` = product id —
   {product_id, purchase_count, units_sold, version}; written with absolute values, `version` only grows.
 
-Versions (`cqrs rebuild`): version 1 of the order views lives under the names above; a rebuild writes
-version N into `order_views_v<N>` and `customer_order_history_v<N>`, and READ_MODEL_VERSIONS says which
-version serves (app.read_model_versions). The search index is versioned behind its alias.
+Versions (`cqrs rebuild`): version 1 of each read model lives under the names above. A rebuild writes
+version N of the order views into `order_views_v<N>` and `customer_order_history_v<N>`, of the sales
+figures under the Redis prefix `sales:v<N>:` and into `product_stats_v<N>`; READ_MODEL_VERSIONS says
+which version serves (app.read_model_versions). The search index is versioned behind its alias; the
+purchase counts the sales projection copies into it carry `sales_version`, so a copy from an older
+sales version never overwrites one from a newer.
 
 Elasticsearch: PRODUCTS_ALIAS `products` -> a versioned index `products-v<N>`, documents `_id` =
 product id: {product_id, name, category, subcategory, description, tags, price (double), price_text,
@@ -60,6 +63,21 @@ def order_collections(version: int) -> OrderCollections:
                                                                      f"{CUSTOMER_HISTORY}_v{version}")
 
 
+def sales_prefix(version: int) -> str:
+    """The Redis key prefix of one version of the sales figures. No version-1 key starts with `sales:v<digit>`
+    (they are `sales:day:`, `sales:product:`, `sales:ledger:`, `sales:dirty-products`), so the versions'
+    key spaces never overlap."""
+    if version < 1:
+        raise ValueError(f"read-model versions start at 1, not {version}")
+    return SALES_PREFIX if version == 1 else f"{SALES_PREFIX}v{version}:"
+
+
+def product_stats_collection(version: int) -> str:
+    if version < 1:
+        raise ValueError(f"read-model versions start at 1, not {version}")
+    return PRODUCT_STATS if version == 1 else f"{PRODUCT_STATS}_v{version}"
+
+
 def products_index(alias: str, version: int) -> str:
     """The concrete search index of one version behind `alias`."""
     if version < 1:
@@ -89,12 +107,12 @@ def customer_history_cache_key(customer_id: str) -> str:
     return f"{CACHE_PREFIX}customer-orders:{customer_id}"
 
 
-def sales_day_key(day: str) -> str:
-    return f"{SALES_PREFIX}day:{day}"
+def sales_day_key(day: str, prefix: str = SALES_PREFIX) -> str:
+    return f"{prefix}day:{day}"
 
 
-def sales_product_key(product_id: str) -> str:
-    return f"{SALES_PREFIX}product:{product_id}"
+def sales_product_key(product_id: str, prefix: str = SALES_PREFIX) -> str:
+    return f"{prefix}product:{product_id}"
 
 
 PRODUCTS_MAPPING = {
@@ -114,6 +132,7 @@ PRODUCTS_MAPPING = {
         "rating": {"type": "float"},
         "review_count": {"type": "integer"},
         "purchase_count": {"type": "integer"},
+        "sales_version": {"type": "integer"},
         "created_at": {"type": "date"},
         "updated_at": {"type": "date"},
         "last_seq": {"type": "long"},

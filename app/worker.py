@@ -121,7 +121,7 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
     async def project(stream):
         try:
             projection, closers, db = await build_projection(name, settings)
-            versions = db[READ_MODEL_VERSIONS]
+            versions = state["versions"] = db[READ_MODEL_VERSIONS]
             codecs = prepare_event_codecs(settings)
             processor = BatchProcessor(projection, codecs, progress, DeadLetters(settings, name),
                                        SequenceGate(settings.gap_hold_seconds))
@@ -158,6 +158,8 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
         upkeep = getattr(processor.projection, "tick", None) if processor else None
         if upkeep is not None:
             try:
+                if hasattr(processor.projection, "target_serving"):
+                    await processor.projection.target_serving(await wait_unfenced(state["versions"], name))
                 await upkeep()
             except Exception as exc:  # upkeep retries on the next tick
                 log.warning("%s upkeep failed: %s", name, exc)

@@ -342,7 +342,8 @@ async def sales_dashboard(
         request: Request,
         day: Annotated[str | None, Query(description="YYYY-MM-DD (UTC); today if omitted")] = None) -> Response:
     when = parse_day(day) if day is not None else datetime.now(timezone.utc).date()
-    counters = await stores(request).redis.hgetall(sales_day_key(when.isoformat()))
+    s = stores(request)
+    counters = await s.redis.hgetall(sales_day_key(when.isoformat(), (await s.serving.get("sales-stats")).sales_prefix))
     return json_response(dumps(reads.sales_body(when, counters)))
 
 

@@ -443,10 +443,13 @@ def money(value: Any) -> Decimal:
     return Decimal(str(value))
 
 
+def serving_record(db, projection: str) -> ServingRecord:
+    """Which version of `projection`'s read model serves now in read database `db` (a rebuild moves it)."""
+    return ServingRecord.from_document(projection, db[READ_MODEL_VERSIONS].find_one({"_id": projection}))
+
+
 def serving_order_collections(db) -> OrderCollections:
-    """The collections of the order-views version serving now in read database `db` (a rebuild moves it)."""
-    doc = db[READ_MODEL_VERSIONS].find_one({"_id": "order-views"})
-    return ServingRecord.from_document("order-views", doc).order_collections
+    return serving_record(db, "order-views").order_collections
 
 
 @pytest.fixture(scope="module")

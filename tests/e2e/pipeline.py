@@ -13,11 +13,12 @@ from pathlib import Path
 from elasticsearch.helpers import scan
 
 from app import processes
-from app.read_models import PRODUCT_STATS, sales_day_key
+from app.read_models import sales_day_key
 from app.settings import Settings
 from app.projections import PROJECTIONS
 from connectors import elasticsearch, kafka, mongo, postgres, redis
-from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, serving_order_collections)
+from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, serving_order_collections,
+                                serving_record)
 
 SETTLE_S = 180
 
@@ -88,13 +89,15 @@ class Pipeline:
             es.indices.refresh(index=self.settings.es_products_alias)
             hits = list(scan(es, index=self.settings.es_products_alias, query={"query": {"match_all": {}}}))
             names = serving_order_collections(db)
+            sales = serving_record(db, "sales-stats")
             return {
                 "order_views": sorted(db[names.views].find(), key=lambda d: d["_id"]),
                 "history": sorted(db[names.history].find(), key=lambda d: d["_id"]),
                 "product_stats": sorted(({k: v for k, v in d.items() if k != "version"}
-                                         for d in db[PRODUCT_STATS].find()), key=lambda d: d["_id"]),
+                                         for d in db[sales.product_stats].find()), key=lambda d: d["_id"]),
                 "search": sorted((h["_id"], h["_source"]) for h in hits),
-                "sales": {k: r.hgetall(k) for k in sorted(r.scan_iter("sales:day:*"))},
+                "sales": {k.removeprefix(sales.sales_prefix): r.hgetall(k)
+                          for k in sorted(r.scan_iter(f"{sales.sales_prefix}day:*"))},
             }
         finally:
             client.close()
@@ -110,7 +113,7 @@ class Pipeline:
         redis.redis_client(self.settings).flushdb()
 
 
-def traffic(client, rng: random.Random, orders: int, made: dict) -> dict:
+def place_orders(client, rng: random.Random, orders: int, made: dict) -> dict:
     """Commands on the isolated topics; everything created is also added to `made` (all the module's
     aggregates, since every pipeline replays the topics from the start)."""
     customers = [create_customer(client, name=f"Guarantee {i}") for i in range(4)]
@@ -191,5 +194,5 @@ def compare(pipeline: Pipeline, truth: dict) -> None:
     for pid, available in truth["stock"].items():
         assert search[pid]["stock"] == available and search[pid]["purchase_count"] == truth["stats"][pid][0]
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    sales = snap["sales"].get(sales_day_key(day), {})
+    sales = snap["sales"].get(sales_day_key(day, prefix=""), {})
     assert (int(sales.get("orders", 0)), int(sales.get("revenue_cents", 0))) == truth["sales"]

@@ -16,12 +16,12 @@ from app.settings import Settings
 from connectors import kafka
 from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, make_client, wait_until)
 
-from tests.e2e.pipeline import SETTLE_S, Pipeline, check_against_truth, traffic, truth
+from tests.e2e.pipeline import SETTLE_S, Pipeline, check_against_truth, place_orders, truth
 
 
 def test_replay_from_offset_zero_reproduces_identical_views(isolated, settings: Settings, token: str):
     client = make_client(isolated["gateway"].url, token)
-    made = traffic(client, random.Random(7), orders=25, made=isolated["made"])
+    made = place_orders(client, random.Random(7), orders=25, made=isolated["made"])
     first = Pipeline(settings, isolated["prefix"], f"first{uuid.uuid4().hex[:6]}", 2, isolated["log_dir"])
     second = Pipeline(settings, isolated["prefix"], f"second{uuid.uuid4().hex[:6]}", 3, isolated["log_dir"])
     try:
@@ -50,12 +50,12 @@ def test_worker_killed_mid_stream_loses_and_double_applies_nothing(isolated, set
     pipeline = Pipeline(settings, isolated["prefix"], f"crash{uuid.uuid4().hex[:6]}", 4, isolated["log_dir"])
     try:
         pipeline.start_all("c")
-        traffic(client, random.Random(11), orders=15, made=isolated["made"])
+        place_orders(client, random.Random(11), orders=15, made=isolated["made"])
         for projection in ("order-views", "sales-stats"):
             for w in pipeline.workers[projection]:
                 w.kill()
             pipeline.workers[projection] = []
-        made = traffic(client, random.Random(12), orders=15, made=isolated["made"])
+        made = place_orders(client, random.Random(12), orders=15, made=isolated["made"])
         for projection in ("order-views", "sales-stats"):
             pipeline.start(projection, "c")
         pipeline.wait_caught_up("c")
@@ -82,7 +82,7 @@ def test_two_workers_in_one_group_split_the_partitions(isolated, settings: Setti
                 break
             assert time.monotonic() < end, f"partitions not split between two workers: {owned}"
             time.sleep(0.5)
-        made = traffic(client, random.Random(13), orders=20, made=isolated["made"])
+        made = place_orders(client, random.Random(13), orders=20, made=isolated["made"])
         pipeline.wait_caught_up("s")
         check_against_truth(pipeline, truth(settings, made))
     finally:
@@ -101,7 +101,7 @@ def test_workers_joining_and_leaving_under_live_traffic_lose_nothing(isolated, s
         client, rng = make_client(isolated["gateway"].url, token), random.Random(17)
         try:
             while not stop.wait(0.2):
-                traffic(client, rng, orders=5, made=isolated["made"])
+                place_orders(client, rng, orders=5, made=isolated["made"])
         except BaseException as exc:  # reported by the test thread
             failures.append(exc)
 

@@ -13,14 +13,13 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from app import processes
-from app.read_models import (PRODUCT_STATS, PRODUCTS_ALIAS, history_entry_id,
-                             sales_day_key)
+from app.read_models import PRODUCTS_ALIAS, history_entry_id, sales_day_key
 from app.settings import Settings
 from agents.dead_letters import DLQ_TOPIC, describe
 from app.projections import PROJECTIONS
 from connectors import elasticsearch, kafka, mongo, redis
 from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, serving_order_collections,
-                                wait_until)
+                                serving_record, wait_until)
 
 TIMEOUT_S = 60
 
@@ -81,7 +80,12 @@ def read_db(settings: Settings):
 
 def _sales_day(settings: Settings) -> dict[str, str]:
     day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    return redis.redis_client(settings).hgetall(sales_day_key(day))
+    client = mongo.mongo_client(settings)
+    try:
+        prefix = serving_record(mongo.read_database(settings, client), "sales-stats").sales_prefix
+    finally:
+        client.close()
+    return redis.redis_client(settings).hgetall(sales_day_key(day, prefix))
 
 
 def test_order_lifecycle_reaches_every_read_model(workers, client, read_db, settings: Settings):
@@ -113,7 +117,7 @@ def test_order_lifecycle_reaches_every_read_model(workers, client, read_db, sett
         and es.get(index=PRODUCTS_ALIAS, id=headphones)["_source"])
     assert doc["name"] == "Wireless Headphones" and doc["in_stock"] is True and doc["price"] == 79.99
 
-    stats = wait_until("product stats", lambda: read_db[PRODUCT_STATS].find_one({"_id": cable, "units_sold": 3}))
+    stats = wait_until("product stats", lambda: read_db[serving_record(read_db, "sales-stats").product_stats].find_one({"_id": cable, "units_sold": 3}))
     assert stats["purchase_count"] == 1
     wait_until("purchase_count in the search index", lambda: es.get(
         index=PRODUCTS_ALIAS, id=headphones)["_source"].get("purchase_count") == 1)
@@ -132,7 +136,7 @@ def test_redelivered_events_change_nothing(workers, client, read_db, settings: S
     order = create_order(client, customer, [(product, 2)])["order_id"]
     assert client.post(f"/api/orders/{order}/items", json={"product_id": product, "quantity": 1}).status_code == 202
     wait_until("order view", lambda: read_db[serving_order_collections(read_db).views].find_one({"_id": order, "last_seq": 2}))
-    wait_until("stats", lambda: read_db[PRODUCT_STATS].find_one({"_id": product, "units_sold": 3}))
+    wait_until("stats", lambda: read_db[serving_record(read_db, "sales-stats").product_stats].find_one({"_id": product, "units_sold": 3}))
 
     events = wait_for_events("order-events", order, 2)
     producer = Producer({**kafka.base_config(settings), "partitioner": "murmur2_random"})
@@ -151,7 +155,7 @@ def test_redelivered_events_change_nothing(workers, client, read_db, settings: S
     for projection in ("order-views", "sales-stats"):  # the six copies are counted, not applied
         wait_until(f"{projection} skipping the copies", lambda: skipped(projection) >= 6)
     stats = wait_until("stats with the later order and nothing more", lambda: (lambda d: d if d and (
-        d["purchase_count"], d["units_sold"]) == (2, 4) else None)(read_db[PRODUCT_STATS].find_one({"_id": product})))
+        d["purchase_count"], d["units_sold"]) == (2, 4) else None)(read_db[serving_record(read_db, "sales-stats").product_stats].find_one({"_id": product})))
     assert (stats["purchase_count"], stats["units_sold"]) == (2, 4)
     view = read_db[serving_order_collections(read_db).views].find_one({"_id": order})
     assert view["last_seq"] == 2 and view["items"][0]["quantity"] == 3 and view["total"] == "37.50"
@@ -169,9 +173,9 @@ def test_cancelling_takes_the_order_out_of_the_figures(workers, client, read_db,
     customer = create_customer(client)
     product = create_product(client, price="20.00", stock=10)
     order = create_order(client, customer, [(product, 2)])["order_id"]
-    wait_until("stats", lambda: read_db[PRODUCT_STATS].find_one({"_id": product, "units_sold": 2}))
+    wait_until("stats", lambda: read_db[serving_record(read_db, "sales-stats").product_stats].find_one({"_id": product, "units_sold": 2}))
     assert client.post(f"/api/orders/{order}/cancel", json={"reason": "changed mind"}).status_code == 202
-    stats = wait_until("stats back to zero", lambda: read_db[PRODUCT_STATS].find_one({"_id": product,
+    stats = wait_until("stats back to zero", lambda: read_db[serving_record(read_db, "sales-stats").product_stats].find_one({"_id": product,
                                                                                         "units_sold": 0}))
     assert stats["purchase_count"] == 0
     wait_until("cancelled view", lambda: read_db[serving_order_collections(read_db).views].find_one({"_id": order, "status": "cancelled"}))
