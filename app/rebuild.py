@@ -37,7 +37,8 @@ from app.projections import TOPICS, consumer_group
 from app.read_model_versions import FENCE_S, current
 from app.read_models import READ_MODEL_VERSIONS
 from app.rebuild_progress import RebuildProgress, duration
-from app.rebuild_targets import NOT_REBUILDABLE, REBUILDABLE, OrderViewsTarget, ProductSearchTarget, RebuildTarget
+from app.rebuild_targets import (REBUILDABLE, OrderViewsTarget, ProductSearchTarget, RebuildTarget,
+                                 SalesStatsTarget)
 from app.settings import Settings
 from connectors import elasticsearch, kafka, mongo, postgres, redis
 
@@ -203,6 +204,8 @@ async def open_target(projection: str, settings: Settings) -> tuple[RebuildTarge
         await pool.open(wait=True, timeout=settings.connect_timeout_s * 3)
         closers.append(pool.close)
         return OrderViewsTarget(db, pool, cache), db, closers
+    if projection == "sales-stats":
+        return SalesStatsTarget(db, cache, settings.es_products_alias), db, closers
     es = AsyncElasticsearch(settings.elasticsearch_url, request_timeout=60)
     closers.append(es.close)
     return ProductSearchTarget(db, es, cache, settings.es_products_alias), db, closers
@@ -216,8 +219,6 @@ def check_services(projection: str, settings: Settings) -> None:
 
 
 async def rebuild(projection: str, settings: Settings, options: RebuildOptions, progress: RebuildProgress) -> dict:
-    if projection in NOT_REBUILDABLE:
-        raise RebuildRefused(f"{projection} cannot be rebuilt by replay: {NOT_REBUILDABLE[projection]}")
     if projection not in REBUILDABLE:
         raise RebuildRefused(f"unknown projection {projection!r}; rebuildable: {', '.join(REBUILDABLE)}")
     check_services(projection, settings)
@@ -240,7 +241,8 @@ async def rebuild(projection: str, settings: Settings, options: RebuildOptions, 
                 "version": version, "group": group, "started_at": time.time()}}}, upsert=True)
         resumed = record.building is not None
         topics = [settings.topic_prefix + t for t in TOPICS[projection]]
-        buffer = ReplayBuffer(target.writer(version), max_states=options.max_states, store_starts_empty=not resumed)
+        buffer = ReplayBuffer(target.writer(version), max_states=options.max_states, flush_chunk=target.flush_chunk,
+                              store_starts_empty=not resumed)
         processor = BatchProcessor(buffer, _codecs(settings), MemoryProgress(), DeadLetters(settings, projection),
                                    SequenceGate(settings.gap_hold_seconds))
         replay = BulkReplay(settings, group, topics, processor, buffer, options)
@@ -262,7 +264,8 @@ async def rebuild(projection: str, settings: Settings, options: RebuildOptions, 
         replay = None
         kafka.delete_consumer_groups(settings, [group])
         progress.say(f"switched: {projection} serves version {version}; {events:,} events replayed into "
-                     f"{len(buffer.stored):,} aggregates' documents in {duration(replay_s)} ({events / replay_s:,.0f} events/s)")
+                     f"{len(buffer.stored):,} aggregates' documents in {duration(replay_s)} "
+                     f"({events / replay_s:,.0f} events/s)")
         if retired is not None:
             await retire(target, versions, projection, retired, options, progress)
         return {"projection": projection, "version": version, "previous": serving or None, "events": events,
@@ -336,8 +339,16 @@ async def retire(target: RebuildTarget, versions, projection: str, retired: dict
                  f"(--keep-old keeps it)")
     await asyncio.sleep(options.grace_s)
     await target.drop(old)
-    await versions.update_one({"_id": projection}, {"$pull": {"retired": {"version": old}}})
+    await forget_retired(versions, projection, old)
     progress.say(f"dropped version {old}")
+
+
+async def forget_retired(versions, projection: str, version: int) -> None:
+    """Remove a dropped version from the record. Rewritten whole rather than with `$pull` (which the local
+    read store does not apply to arrays of documents); only the rebuild holding the lock writes it."""
+    record = await current(versions, projection)
+    remaining = [r for r in record.retired if int(r["version"]) != version]
+    await versions.update_one({"_id": projection}, {"$set": {"retired": remaining}})
 
 
 async def drop_expired(target: RebuildTarget, versions, projection: str, progress: RebuildProgress) -> None:
@@ -347,7 +358,7 @@ async def drop_expired(target: RebuildTarget, versions, projection: str, progres
         drop_after = entry.get("drop_after")
         if drop_after is not None and drop_after <= time.time():
             await target.drop(int(entry["version"]))
-            await versions.update_one({"_id": projection}, {"$pull": {"retired": {"version": entry["version"]}}})
+            await forget_retired(versions, projection, int(entry["version"]))
             progress.say(f"dropped version {entry['version']} (its grace period ended)")
 
 

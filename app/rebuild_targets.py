@@ -6,12 +6,14 @@ projection code as the live worker, switch reads to it, and drop a retired one.
   and the live workers read).
 - product-search (Elasticsearch): version N is the index `<alias>-v<N>`; the switch is one atomic
   alias swap (remove old + add new in a single update_aliases call).
-
-sales-stats is not rebuildable this way: its figures are exact sums over per-order ledgers in Redis,
-copied into MongoDB and the search index, and a version of it would have to switch all three at once.
+- sales-stats (Redis + MongoDB): version N is the Redis key prefix `sales:v<N>:` (ledgers, day and
+  product counters) and the collection `product_stats_v<N>`; the switch is the pointer update. The
+  purchase counts in the search index are copies: after the switch the live workers copy the new
+  version's, tagged with its number, so an older version's copy can never overwrite them.
 """
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Protocol
 
@@ -22,20 +24,19 @@ from pymongo.asynchronous.database import AsyncDatabase
 from agents.engine import Projection
 from agents.order_views import OrderViews, ensure_order_indexes
 from agents.product_search import SERVING_REFRESH, ProductSearch, aliased_index, create_products_index
-from agents.sales_stats import DIRTY
-from app.read_model_versions import ServingRecord
-from app.read_models import (CACHE_PREFIX, CUSTOMER_HISTORY, ORDER_VIEWS, READ_MODEL_VERSIONS, order_collections,
-                             products_index, products_index_version, sales_product_key)
+from agents.sales_stats import DIRTY, SalesStats
+from app.read_model_versions import ServingRecord, current
+from app.read_models import (CACHE_PREFIX, CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCT_STATS, READ_MODEL_VERSIONS,
+                             SALES_PREFIX, order_collections, product_stats_collection, products_index,
+                             products_index_version, sales_prefix, sales_product_key)
 
-REBUILDABLE = ("order-views", "product-search")
-NOT_REBUILDABLE = {
-    "sales-stats": "its figures are exact sums over per-order ledgers in Redis that are copied into MongoDB and "
-                   "the search index; switching a new version of all three at once is not supported",
-}
+REBUILDABLE = ("order-views", "product-search", "sales-stats")
+SCAN_BATCH = 1000
 
 
 class RebuildTarget(Protocol):
     projection: str
+    flush_chunk: int  # states per bulk write
 
     async def serving_version(self, record: ServingRecord) -> int: ...
 
@@ -54,6 +55,18 @@ class RebuildTarget(Protocol):
     async def drop(self, version: int) -> None: ...
 
 
+async def scan_keys(redis, pattern: str):
+    """Every key matching `pattern`, in batches of at most SCAN_BATCH."""
+    batch: list[str] = []
+    async for key in redis.scan_iter(match=pattern, count=SCAN_BATCH):
+        batch.append(key)
+        if len(batch) >= SCAN_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 async def record_switch(db: AsyncDatabase, projection: str, version: int, fence_id: str,
                         retired: dict[str, Any]) -> bool:
     """Make `version` the serving one, lift the fence and retire the previous version, in one update that
@@ -67,6 +80,7 @@ async def record_switch(db: AsyncDatabase, projection: str, version: int, fence_
 
 class OrderViewsTarget:
     projection = "order-views"
+    flush_chunk = 20_000
 
     def __init__(self, db: AsyncDatabase, write_db: AsyncConnectionPool, redis) -> None:
         self.db = db
@@ -100,14 +114,8 @@ class OrderViewsTarget:
     async def after_switch(self, version: int) -> None:
         """Cached answers were read from the previous version: drop them rather than wait for their TTL."""
         for pattern in (f"{CACHE_PREFIX}order:*", f"{CACHE_PREFIX}customer-orders:*"):
-            batch: list[str] = []
-            async for key in self.redis.scan_iter(match=pattern, count=1000):
-                batch.append(key)
-                if len(batch) >= 1000:
-                    await self.redis.delete(*batch)
-                    batch.clear()
-            if batch:
-                await self.redis.delete(*batch)
+            async for keys in scan_keys(self.redis, pattern):
+                await self.redis.delete(*keys)
 
     async def drop(self, version: int) -> None:
         names = order_collections(version)
@@ -117,6 +125,7 @@ class OrderViewsTarget:
 
 class ProductSearchTarget:
     projection = "product-search"
+    flush_chunk = 20_000
 
     def __init__(self, db: AsyncDatabase, es: AsyncElasticsearch, redis, alias: str) -> None:
         self.db = db
@@ -152,17 +161,19 @@ class ProductSearchTarget:
         index = products_index(self.alias, version)
         await self.es.indices.put_settings(index=index, settings={"refresh_interval": SERVING_REFRESH})
         await self.es.indices.refresh(index=index)
+        sales = await current(self.db[READ_MODEL_VERSIONS], "sales-stats")
         ids = [hit["_id"] async for hit in self._ids(index)]
         for start in range(0, len(ids), 2000):
             chunk = ids[start:start + 2000]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for pid in chunk:
-                    pipe.hget(sales_product_key(pid), "purchase_count")
+                    pipe.hget(sales_product_key(pid, sales.sales_prefix), "purchase_count")
                 counts = await pipe.execute()
             operations: list[dict] = []
             for pid, count in zip(chunk, counts):
                 if count is not None:
-                    operations += [{"update": {"_index": index, "_id": pid}}, {"doc": {"purchase_count": int(count)}}]
+                    operations += [{"update": {"_index": index, "_id": pid}},
+                                   {"doc": {"purchase_count": int(count), "sales_version": sales.serving}}]
             if operations:
                 resp = await self.es.bulk(operations=operations, refresh=False)
                 if resp.get("errors"):
@@ -188,22 +199,84 @@ class ProductSearchTarget:
         await self.es.indices.refresh(index=new)
         actions: list[dict] = [{"add": {"index": new, "alias": self.alias}}]
         if retired.get("version"):
-            actions.insert(0, {"remove": {"index": products_index(self.alias, retired["version"]), "alias": self.alias}})
+            old = products_index(self.alias, retired["version"])
+            actions.insert(0, {"remove": {"index": old, "alias": self.alias}})
         await self.es.indices.update_aliases(actions=actions)
         return await record_switch(self.db, self.projection, version, fence_id, retired)
 
     async def after_switch(self, version: int) -> None:
         """Purchase counts that changed after `ready_to_serve` went to the previous index: mark every
         product for the sales projection to copy again, into the index the alias points at now."""
+        dirty = (await current(self.db[READ_MODEL_VERSIONS], "sales-stats")).sales_prefix + DIRTY
         index = products_index(self.alias, version)
         batch: list[str] = []
         async for hit in self._ids(index):
             batch.append(hit["_id"])
             if len(batch) >= 5000:
-                await self.redis.sadd(DIRTY, *batch)
+                await self.redis.sadd(dirty, *batch)
                 batch.clear()
         if batch:
-            await self.redis.sadd(DIRTY, *batch)
+            await self.redis.sadd(dirty, *batch)
 
     async def drop(self, version: int) -> None:
         await self.es.options(ignore_status=404).indices.delete(index=products_index(self.alias, version))
+
+
+class SalesStatsTarget:
+    projection = "sales-stats"
+    flush_chunk = 2_000   # orders per ledger script: each call holds Redis, which live workers share
+
+    def __init__(self, db: AsyncDatabase, redis, alias: str) -> None:
+        self.db = db
+        self.redis = redis
+        self.alias = alias
+
+    async def serving_version(self, record: ServingRecord) -> int:
+        return record.serving
+
+    async def existing_versions(self) -> set[int]:
+        versions = set()
+        for name in await self.db.list_collection_names():
+            stem, _, tail = name.rpartition("_v")
+            if stem == PRODUCT_STATS and tail.isdigit():
+                versions.add(int(tail))
+        return versions
+
+    async def create(self, version: int) -> None:
+        return None   # keys and the collection come into being with their first write
+
+    def writer(self, version: int) -> SalesStats:
+        """Writes the version's ledgers, counters and product stats; not the search index (see after_switch)."""
+        return SalesStats(self.redis, self.db, None, self.alias, sync_limit=5_000, version=version)
+
+    async def ready_to_serve(self, version: int) -> None:
+        """Copy every product's figures into the version's product-stats collection."""
+        writer = self.writer(version)
+        dirty = writer.prefix + DIRTY
+        rounds = 0
+        while await self.redis.scard(dirty):
+            rounds += 1
+            if rounds > 1000:
+                raise RuntimeError(f"{dirty} still holds {await self.redis.scard(dirty)} products after "
+                                   f"{rounds - 1} copies")
+            await writer.sync_products()
+
+    async def switch(self, version: int, fence_id: str, retired: dict[str, Any]) -> bool:
+        return await record_switch(self.db, self.projection, version, fence_id, retired)
+
+    async def after_switch(self, version: int) -> None:
+        """Mark every product of the new version for the live workers to copy its purchase count into the
+        search index (tagged with this version)."""
+        prefix = sales_prefix(version)
+        async for keys in scan_keys(self.redis, f"{prefix}product:*"):
+            await self.redis.sadd(prefix + DIRTY, *(k[len(prefix) + len("product:"):] for k in keys))
+
+    async def drop(self, version: int) -> None:
+        prefix = sales_prefix(version)
+        later_versions = re.compile(rf"^{re.escape(SALES_PREFIX)}v[0-9]+:")
+        async for keys in scan_keys(self.redis, f"{prefix}*"):
+            if version == 1:   # version 1's prefix is also the start of every later version's
+                keys = [k for k in keys if not later_versions.match(k)]
+            if keys:
+                await self.redis.delete(*keys)
+        await self.db.drop_collection(product_stats_collection(version))

@@ -1,10 +1,10 @@
-"""Rebuild benchmark: `cqrs rebuild` of order-views and product-search over a generated history.
+"""Rebuild benchmark: `cqrs rebuild` of every projection over a generated history.
 
 Generates a realistic history with the domain aggregates (benchmarks.eventgen) sized so that the
 order-events topic holds `--order-events` events (1,000,000 by default), produces it onto isolated
-topics, then runs `cqrs rebuild order-views` and `cqrs rebuild product-search` as a user would (a
-subprocess, plain progress lines), checks that every order and product has its document in the new
-version and that reads were switched, and deletes everything it created.
+topics, then runs `cqrs rebuild` of order-views, product-search and sales-stats as a user would (a
+subprocess, plain progress lines), checks that every order, product and ordered product has its
+document in the version that serves, and deletes everything it created.
 
     make bench-rebuild                          # 1M order events
     python -m benchmarks.rebuild --order-events 100000   # a smoke run
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         from connectors import elasticsearch, mongo
 
         results = {}
-        for projection, topic in (("order-views", "order-events"), ("product-search", "product-events")):
+        for projection, topic in (("order-views", "order-events"), ("product-search", "product-events"),
+                                  ("sales-stats", "order-events")):
             meter = BusyMeter()
             wall, events, docs, out = run_rebuild(projection, env, args.timeout_s)
             results[projection] = (wall, events, docs, meter.percent())
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         db = mongo.read_database(bench.settings, client)
         record = ServingRecord.from_document("order-views", db[READ_MODEL_VERSIONS].find_one({"_id": "order-views"}))
         views = db[order_collections(record.serving).views].count_documents({})
+        sales = ServingRecord.from_document("sales-stats", db[READ_MODEL_VERSIONS].find_one({"_id": "sales-stats"}))
+        stats = db[sales.product_stats].count_documents({})
         client.close()
         es = elasticsearch.es_client(bench.settings)
         es.indices.refresh(index=bench.settings.es_products_alias)
@@ -83,12 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         checks = [("order views in the serving version", views == loaded.aggregates["order-events"],
                    f"{fmt(views)} of {fmt(loaded.aggregates['order-events'])} orders"),
                   ("products behind the search alias", products == loaded.aggregates["product-events"],
-                   f"{fmt(products)} of {fmt(loaded.aggregates['product-events'])} products")]
+                   f"{fmt(products)} of {fmt(loaded.aggregates['product-events'])} products"),
+                  ("product stats in the serving sales version", stats == loaded.products_in_orders,
+                   f"{fmt(stats)} of {fmt(loaded.products_in_orders)} products ordered")]
         print("\nresults (rebuild = replay, switch, no grace period; 2 cores shared with every server):")
         for projection, (wall, events, docs, busy) in results.items():
             per_million = wall / events * 1e6
             print(f"  {projection:<15} {fmt(events)} events -> {fmt(docs)} aggregates in {wall:.1f}s wall: "
-                  f"{fmt(rate(events, wall))} events/s, {per_million:.0f}s per million events, machine busy {busy:.0f}%")
+                  f"{fmt(rate(events, wall))} events/s, {per_million:.0f}s per million events, "
+                  f"machine busy {busy:.0f}%")
         ov_wall, ov_events = results["order-views"][0], results["order-views"][1]
         per_million = ov_wall / ov_events * 1e6
         checks.append((f"order-views: 1M events in under {TARGET_SECONDS_PER_MILLION:.0f}s",

@@ -13,11 +13,12 @@ import pytest
 from agents.engine import BatchProcessor, MemoryProgress
 from agents.replay_buffer import FlushFailed, ReplayBuffer
 from app.read_model_versions import ServingCache, ServingRecord
-from app.read_models import (CUSTOMER_HISTORY, ORDER_VIEWS, OrderCollections, order_collections, products_index,
-                             products_index_version)
+from app.read_models import (CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCT_STATS, SALES_PREFIX, OrderCollections,
+                             order_collections, product_stats_collection, products_index, products_index_version,
+                             sales_day_key, sales_prefix)
 from app.rebuild import RebuildOptions, RebuildRefused, add_arguments, lock_key, options_from, rebuild_group
 from app.rebuild_progress import RebuildProgress, duration, progress_line
-from app.rebuild_targets import NOT_REBUILDABLE, REBUILDABLE
+from app.rebuild_targets import REBUILDABLE
 from app.projections import PROJECTIONS
 
 
@@ -55,9 +56,27 @@ def test_each_projection_has_its_own_rebuild_lock_in_a_64_bit_key():
     assert all(0 < k < 2 ** 63 for k in keys)
 
 
-def test_every_projection_is_either_rebuildable_or_says_why_not():
-    assert set(REBUILDABLE) | set(NOT_REBUILDABLE) == set(PROJECTIONS)
-    assert not set(REBUILDABLE) & set(NOT_REBUILDABLE)
+def test_every_projection_is_rebuildable():
+    assert set(REBUILDABLE) == set(PROJECTIONS)
+
+
+def test_sales_versions_have_their_own_key_prefix_and_collection():
+    assert (sales_prefix(1), product_stats_collection(1)) == (SALES_PREFIX, PRODUCT_STATS)
+    assert (sales_prefix(2), product_stats_collection(2)) == (f"{SALES_PREFIX}v2:", f"{PRODUCT_STATS}_v2")
+    assert sales_day_key("2026-11-29", sales_prefix(3)) == "sales:v3:day:2026-11-29"
+    record = ServingRecord.from_document("sales-stats", {"serving": 4})
+    assert (record.sales_prefix, record.product_stats) == ("sales:v4:", "product_stats_v4")
+
+
+def test_no_version_one_sales_key_looks_like_a_later_version():
+    import re
+
+    from agents.sales_stats import DIRTY
+    later = re.compile(r"^sales:v[0-9]+:")
+    version_one = [sales_day_key("2026-11-29"), f"{SALES_PREFIX}product:p-1", f"{SALES_PREFIX}ledger:o-1",
+                   SALES_PREFIX + DIRTY]
+    assert not any(later.match(k) for k in version_one)
+    assert later.match(sales_day_key("2026-11-29", sales_prefix(2)))
 
 
 # ---- the serving record and its fence ------------------------------------------------------------
@@ -225,6 +244,25 @@ def test_the_memory_bound_writes_and_evicts_even_hot_states():
     run(buffer.write({"a": {"seq": 1, "n": 1}, "b": {"seq": 1, "n": 1}}))
     assert run(buffer.flush(older_than=100)) == 1
     assert store.writes == [["a"]] and list(buffer.states) == ["b"] and buffer.dirty == {"b"}
+
+
+def test_a_written_state_becomes_what_the_store_now_holds():
+    """The sales ledger compares the sequence a state was read at: after a flush, that is the new one."""
+    class Ledger(CountingStore):
+        def as_stored(self, state):
+            return {**state, "read": state["seq"]}
+
+    store = Ledger()
+    buffer = ReplayBuffer(store)
+    run(buffer.write({"a": {"seq": 2, "n": 2, "read": 0}}))
+    run(buffer.flush())
+    assert buffer.states["a"] == {"seq": 2, "n": 2, "read": 2}
+
+
+def test_the_sales_state_after_a_write_is_read_at_its_new_sequence():
+    from agents.sales_stats import SalesStats
+
+    assert SalesStats.as_stored(None, (0, 3, "facts")) == (3, 3, "facts")
 
 
 def test_flushes_are_split_into_chunks():
