@@ -103,8 +103,9 @@ class SalesStats:
     sinks = "redis+mongodb+elasticsearch"
 
     def __init__(self, redis, db: AsyncDatabase, es: AsyncElasticsearch | None, alias: str = PRODUCTS_ALIAS,
-                 sync_limit: int = 2000, version: int = 1) -> None:
+                 sync_limit: int = 2000, version: int = 1, copy_on_write: bool = True) -> None:
         self.redis = redis
+        self.copy_on_write = copy_on_write
         self.db = db
         self.es = es
         self.alias = alias
@@ -157,7 +158,8 @@ class SalesStats:
                 key, fld = composite.split("|", 1)
                 args += [key, fld, amount]
         await self._script(args=args)
-        await self.sync_products()
+        if self.copy_on_write:
+            await self.sync_products()
         return {}
 
     async def _copy_purchase_counts(self, counts: dict[str, int]) -> set[str]:

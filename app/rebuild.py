@@ -76,7 +76,8 @@ class RebuildOptions:
 
 class BulkReplay:
     """Reads the source partitions from the rebuild group's committed offsets (the earliest still held
-    when it has none) and feeds the BatchProcessor; commits after each flush, never past a held event."""
+    when it has none) and feeds the BatchProcessor. Commits after each flush, never past an event whose
+    state is not written yet or that a sequence gap holds."""
 
     def __init__(self, settings: Settings, group: str, topics: list[str], processor: BatchProcessor,
                  buffer: ReplayBuffer, options: RebuildOptions) -> None:
@@ -96,7 +97,6 @@ class BulkReplay:
         committed = kafka.committed_offsets(settings, group, partitions)
         earliest = kafka.earliest_offsets(settings, partitions)
         self.settings = settings
-        self.resumed_from = sum(1 for tp in partitions if committed.get(tp) is not None)
         self.position = {tp: committed[tp] if committed.get(tp) is not None else earliest[tp] for tp in partitions}
         self.consumer.assign([TopicPartition(t, p, off) for (t, p), off in self.position.items()])
         self.events = 0

@@ -246,8 +246,11 @@ class SalesStatsTarget:
         return None   # keys and the collection come into being with their first write
 
     def writer(self, version: int) -> SalesStats:
-        """Writes the version's ledgers, counters and product stats; not the search index (see after_switch)."""
-        return SalesStats(self.redis, self.db, None, self.alias, sync_limit=5_000, version=version)
+        """Writes the version's ledgers and counters; product stats are copied once, in `ready_to_serve`
+        (copying them after every write would update each popular product thousands of times), and the
+        search index's purchase counts by the live workers after the switch."""
+        return SalesStats(self.redis, self.db, None, self.alias, sync_limit=5_000, version=version,
+                          copy_on_write=False)
 
     async def ready_to_serve(self, version: int) -> None:
         """Copy every product's figures into the version's product-stats collection."""
