@@ -78,7 +78,32 @@ async def record_switch(db: AsyncDatabase, projection: str, version: int, fence_
     return result.modified_count == 1
 
 
-class OrderViewsTarget:
+def collection_versions(names: list[str], stems: tuple[str, ...]) -> set[int]:
+    """The versions present among collection `names`: 1 for a bare stem, N for `<stem>_vN`."""
+    versions = set()
+    for name in names:
+        stem, _, tail = name.rpartition("_v")
+        if name in stems:
+            versions.add(1)
+        elif stem in stems and tail.isdigit():
+            versions.add(int(tail))
+    return versions
+
+
+class PointerSwitched:
+    """A read model whose readers and writers find their version through the pointer document alone."""
+
+    projection: str
+    db: AsyncDatabase
+
+    async def serving_version(self, record: ServingRecord) -> int:
+        return record.serving
+
+    async def switch(self, version: int, fence_id: str, retired: dict[str, Any]) -> bool:
+        return await record_switch(self.db, self.projection, version, fence_id, retired)
+
+
+class OrderViewsTarget(PointerSwitched):
     projection = "order-views"
     flush_chunk = 20_000
 
@@ -87,17 +112,8 @@ class OrderViewsTarget:
         self.write_db = write_db
         self.redis = redis
 
-    async def serving_version(self, record: ServingRecord) -> int:
-        return record.serving
-
     async def existing_versions(self) -> set[int]:
-        names = set(await self.db.list_collection_names())
-        versions = {1} if ORDER_VIEWS in names or CUSTOMER_HISTORY in names else set()
-        for name in names:
-            stem, _, tail = name.rpartition("_v")
-            if stem in (ORDER_VIEWS, CUSTOMER_HISTORY) and tail.isdigit():
-                versions.add(int(tail))
-        return versions
+        return collection_versions(await self.db.list_collection_names(), (ORDER_VIEWS, CUSTOMER_HISTORY))
 
     async def create(self, version: int) -> None:
         await ensure_order_indexes(self.db, order_collections(version))
@@ -107,9 +123,6 @@ class OrderViewsTarget:
 
     async def ready_to_serve(self, version: int) -> None:
         return None
-
-    async def switch(self, version: int, fence_id: str, retired: dict[str, Any]) -> bool:
-        return await record_switch(self.db, self.projection, version, fence_id, retired)
 
     async def after_switch(self, version: int) -> None:
         """Cached answers were read from the previous version: drop them rather than wait for their TTL."""
@@ -222,7 +235,7 @@ class ProductSearchTarget:
         await self.es.options(ignore_status=404).indices.delete(index=products_index(self.alias, version))
 
 
-class SalesStatsTarget:
+class SalesStatsTarget(PointerSwitched):
     projection = "sales-stats"
     flush_chunk = 2_000   # orders per ledger script: each call holds Redis, which live workers share
 
@@ -231,16 +244,8 @@ class SalesStatsTarget:
         self.redis = redis
         self.alias = alias
 
-    async def serving_version(self, record: ServingRecord) -> int:
-        return record.serving
-
     async def existing_versions(self) -> set[int]:
-        versions = set()
-        for name in await self.db.list_collection_names():
-            stem, _, tail = name.rpartition("_v")
-            if stem == PRODUCT_STATS and tail.isdigit():
-                versions.add(int(tail))
-        return versions
+        return collection_versions(await self.db.list_collection_names(), (PRODUCT_STATS,))
 
     async def create(self, version: int) -> None:
         return None   # keys and the collection come into being with their first write
@@ -263,9 +268,6 @@ class SalesStatsTarget:
                 raise RuntimeError(f"{dirty} still holds {await self.redis.scard(dirty)} products after "
                                    f"{rounds - 1} copies")
             await writer.sync_products()
-
-    async def switch(self, version: int, fence_id: str, retired: dict[str, Any]) -> bool:
-        return await record_switch(self.db, self.projection, version, fence_id, retired)
 
     async def after_switch(self, version: int) -> None:
         """Mark every product of the new version for the live workers to copy its purchase count into the

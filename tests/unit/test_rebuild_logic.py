@@ -367,3 +367,11 @@ def test_options_default_to_dropping_the_old_version_after_a_grace_period():
 def test_bad_options_are_refused_naming_each_one():
     with pytest.raises(RebuildRefused, match=r"--batch must be between 1 and 100000; --max-rate must be >= 0"):
         options_from(parse("--batch", "0", "--max-rate", "-1"))
+
+
+def test_versions_are_found_among_collection_names():
+    from app.rebuild_targets import collection_versions
+
+    names = ["order_views", "order_views_v3", "customer_order_history_v7", "order_views_vx", "other_v9"]
+    assert collection_versions(names, (ORDER_VIEWS, CUSTOMER_HISTORY)) == {1, 3, 7}
+    assert collection_versions(["product_stats_v2"], (PRODUCT_STATS,)) == {2}
