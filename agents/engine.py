@@ -222,7 +222,7 @@ class BatchProcessor:
         if changed:
             started = time.perf_counter()
             failures = await self.retry.run(f"{name}: write", self.projection.write, changed)
-            SINK_LATENCY.labels(name, getattr(self.projection, "sinks", "sinks")).observe(time.perf_counter() - started)
+            SINK_LATENCY.labels(name, self.projection.sinks).observe(time.perf_counter() - started)
         for agg, error in failures.items():
             self._dead_letter(applied.pop(agg, []), "sink_error", error, report, attempts=self.retry.attempts)
         for agg, done in applied.items():

@@ -53,9 +53,6 @@ class SourceOffsets:
         """The partition's next offset to process (its committed offset, or where consumption begins)."""
         self._next[tp] = offset
 
-    def next_offset(self, tp: TopicPartitionKey) -> int | None:
-        return self._next.get(tp)
-
     def unknown(self, records: Iterable[OffsetRecord]) -> list[TopicPartitionKey]:
         return list(dict.fromkeys(tp for r in records if (tp := (r.topic, r.partition)) not in self._next))
 

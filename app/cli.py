@@ -127,17 +127,16 @@ def cmd_dlq(args: argparse.Namespace) -> int:
     from app import dlq
 
     settings = get_settings()
+    key = args.key.encode() if args.key is not None else None
     if args.action == "list":
-        letters = dlq.newest_dead_letters(settings, limit=args.limit, projection=args.projection,
-                                          key=args.key.encode() if args.key is not None else None)
+        letters = dlq.newest_dead_letters(settings, limit=args.limit, projection=args.projection, key=key)
         if not letters:
             print(f"no dead letters on {dlq.DLQ_TOPIC}" + (f" for {args.projection}" if args.projection else ""))
             return 0
         print(dlq.format_table(letters))
         print(f"{len(letters)} dead letter(s)")
         return 0
-    count = dlq.replay(settings, projection=args.projection, dry_run=args.dry_run,
-                       key=args.key.encode() if args.key is not None else None)
+    count = dlq.replay(settings, projection=args.projection, dry_run=args.dry_run, key=key)
     print(f"{'would replay' if args.dry_run else 'replayed'} {count} dead letter(s)")
     return 0
 

@@ -40,6 +40,7 @@ class CommitGuard:
         self.group_id = app.conf.id
         self.source_topics = frozenset(source_topics)
         self.offsets = SourceOffsets()
+        self.admin = kafka.admin_client(settings)
         self._seeks: dict[TopicPartitionKey, tuple[int, float]] = {}
         self._last_batch = time.monotonic()
         self._stalled_since: float | None = None
@@ -84,11 +85,12 @@ class CommitGuard:
         self.offsets.advance(processed)
 
     async def _start(self, tps: list[TopicPartitionKey]) -> None:
-        committed = await asyncio.to_thread(kafka.committed_offsets, self.settings, self.group_id, tps)
+        committed = await asyncio.to_thread(kafka.committed_offsets, self.settings, self.group_id, tps,
+                                            admin=self.admin)
         fresh = [tp for tp in tps if committed.get(tp) is None]
         earliest = {}
         if fresh and self.settings.projection_start == "earliest":
-            earliest = await asyncio.to_thread(kafka.earliest_offsets, self.settings, fresh)
+            earliest = await asyncio.to_thread(kafka.earliest_offsets, self.settings, fresh, admin=self.admin)
         for tp in tps:
             start = committed.get(tp)
             if start is None:
@@ -103,7 +105,7 @@ class CommitGuard:
         now = time.monotonic()
         if last is not None and last[0] == offset and now - last[1] < RESEEK_AFTER_S:
             return
-        earliest = (await asyncio.to_thread(kafka.earliest_offsets, self.settings, [tp])).get(tp, 0)
+        earliest = (await asyncio.to_thread(kafka.earliest_offsets, self.settings, [tp], admin=self.admin)).get(tp, 0)
         if earliest > offset:
             log.error("%s: offsets %d..%d of %s[%d] were deleted by retention before they were processed",
                       self.projection, offset, earliest - 1, *tp)
@@ -134,12 +136,13 @@ class CommitGuard:
         if not assigned:
             return
         self._last_batch = now  # the checks below run at most once per stall period
-        ends = await asyncio.to_thread(kafka.end_offsets, self.settings, assigned)
+        ends = await asyncio.to_thread(kafka.end_offsets, self.settings, assigned, admin=self.admin)
         unknown = [tp for tp in assigned if not self.offsets.known(tp)]
-        committed = await asyncio.to_thread(kafka.committed_offsets, self.settings, self.group_id, unknown)
+        committed = await asyncio.to_thread(kafka.committed_offsets, self.settings, self.group_id, unknown,
+                                            admin=self.admin)
         behind = {}
         for tp in assigned:
-            start = self.offsets.next_offset(tp) if self.offsets.known(tp) else committed.get(tp)
+            start = self.offsets.committable(tp) if self.offsets.known(tp) else committed.get(tp)
             if start is None:
                 start = 0 if self.settings.projection_start == "earliest" else ends.get(tp, 0)
             if ends.get(tp, 0) > start:

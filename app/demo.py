@@ -153,20 +153,28 @@ def pipeline(settings: Settings, log_dir: Path, out: Callable[[str], None]) -> I
             f"{', '.join(PROJECTIONS)} (logs in {log_dir})")
         wait_caught_up(settings, started[2:], out)
         yield gateway.base_url or "", query_api.base_url or ""
-        for p in started[2:]:
-            if p.proc.poll() is not None:
-                raise DemoFailed(f"{p.name} exited with {p.proc.returncode}: {p.log_tail(5)}")
+        check_running(started[2:])
     finally:
         for p in reversed(started):
             p.stop()
 
 
-def backlog(settings: Settings) -> dict[str, int]:
-    """Events each projection's group still has to process (`cqrs lag`'s offset lag). Read while the
-    workers join their groups, when the coordinator can take longer than the connect timeout to answer."""
+def backlog_reader(settings: Settings) -> LagReader:
+    """`cqrs lag`'s reader, patient: it reads while the workers join their groups, when the coordinator
+    can take longer than the connect timeout to answer."""
     patient = settings.model_copy(update={"connect_timeout_s": GROUP_READ_TIMEOUT_S})
-    rows = LagReader(patient, settings.projection_group_suffix).collect(PROJECTIONS)
-    return {total.projection: total.offset_lag for total in totals(rows)}
+    return LagReader(patient, settings.projection_group_suffix)
+
+
+def backlog(reader: LagReader) -> dict[str, int]:
+    """Events each projection's group still has to process (`cqrs lag`'s offset lag)."""
+    return {total.projection: total.offset_lag for total in totals(reader.collect(PROJECTIONS))}
+
+
+def check_running(workers: list[processes.AppProcess]) -> None:
+    for p in workers:
+        if p.proc.poll() is not None:
+            raise DemoFailed(f"{p.name} exited with {p.proc.returncode}: {p.log_tail(5)}")
 
 
 def worker_ready(worker: processes.AppProcess) -> bool:
@@ -183,15 +191,14 @@ def wait_caught_up(settings: Settings, workers: list[processes.AppProcess], out:
     """Before the story, let the workers drain what earlier runs left on the topics, so the delays
     measured are those of new commands (bounded by CATCH_UP_WITHIN_S, progress every 2 s)."""
     deadline = time.monotonic() + CATCH_UP_WITHIN_S
+    reader = backlog_reader(settings)
     while True:
-        behind = backlog(settings)
+        behind = backlog(reader)
         restoring = [p.name for p in workers if not worker_ready(p)]
         if not any(behind.values()) and not restoring:
             out("workers are caught up with the topics")
             return
-        for p in workers:
-            if p.proc.poll() is not None:
-                raise DemoFailed(f"{p.name} exited with {p.proc.returncode}: {p.log_tail(5)}")
+        check_running(workers)
         if time.monotonic() > deadline:
             raise DemoFailed(f"workers still behind after {CATCH_UP_WITHIN_S:.0f}s: {behind}")
         out("workers catching up with earlier events: " + ", ".join(f"{k} {v}" for k, v in behind.items())

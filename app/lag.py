@@ -35,7 +35,7 @@ from typing import TextIO
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from app.settings import Settings
-from app.projections import PROJECTIONS, TOPICS, consumer_group
+from app.projections import PROJECTIONS, consumer_group, source_topics
 from connectors import ServiceUnavailable, kafka, registry
 from schemas.codec import DecodeError, EventCodec, register_codecs
 
@@ -89,10 +89,6 @@ class LagTotal:
     partitions: int
     offset_lag: int
     event_time_lag_s: float | None
-
-
-def source_topics(projection: str, prefix: str) -> tuple[str, ...]:
-    return tuple(prefix + t for t in TOPICS[projection])
 
 
 def select_projections(projection: str | None) -> tuple[str, ...]:
@@ -180,53 +176,54 @@ def to_json(rows: list[LagRow]) -> str:
 
 # ---- I/O ------------------------------------------------------------------------------------------
 
-def _kafka_unavailable(settings: Settings, exc: BaseException) -> ServiceUnavailable:
-    reason = exc.args[0].str() if isinstance(exc, KafkaException) and exc.args else f"{type(exc).__name__}: {exc}"
-    return ServiceUnavailable(kafka.SERVICE, settings.kafka_bootstrap_servers, reason or "timed out")
-
-
 class LagReader:
-    """Reads offsets and oldest unprocessed records; keeps the event codecs between refreshes."""
+    """Reads offsets and oldest unprocessed records; keeps its Kafka admin client and the event codecs
+    between refreshes."""
 
     def __init__(self, settings: Settings, group_suffix: str) -> None:
         self.settings = settings
         self.group_suffix = group_suffix
+        self.admin = kafka.admin_client(settings)
         self._codecs: dict[str, EventCodec] = {}
 
-    def collect(self, projections: Iterable[str], now: Callable[[], datetime] | None = None) -> list[LagRow]:
-        """Every (projection, partition) row; raises ServiceUnavailable when Kafka or the registry does
-        not answer within the connect timeout, LagError when a source topic does not exist."""
+    def collect(self, projections: Iterable[str], now: Callable[[], datetime] | None = None,
+                group_suffix: str | None = None) -> list[LagRow]:
+        """Every (projection, partition) row of the groups with `group_suffix` (default: the reader's);
+        raises ServiceUnavailable when Kafka or the registry does not answer within the connect timeout,
+        LagError when a source topic does not exist."""
         projections = tuple(projections)
+        suffix = self.group_suffix if group_suffix is None else group_suffix
         try:
             topics = {t for p in projections for t in source_topics(p, self.settings.topic_prefix)}
             partitions = self._partitions(topics)
-            offsets = self._offsets(projections, partitions)
+            offsets = self._offsets(projections, partitions, suffix)
             behind = {(o.topic, o.partition, o.next_offset) for per in offsets.values() for o in per if o.behind}
             occurred = self._oldest_unprocessed(behind)
         except (KafkaException, concurrent.futures.TimeoutError) as exc:
-            raise _kafka_unavailable(self.settings, exc) from None
+            raise kafka.unavailable(self.settings, exc) from None
         at = now() if now else datetime.now(timezone.utc)
-        return [build_row(p, consumer_group(p, self.group_suffix), o,
+        return [build_row(p, consumer_group(p, suffix), o,
                           occurred.get((o.topic, o.partition, o.next_offset)), at)
                 for p in projections for o in offsets[p]]
 
     def _partitions(self, topics: set[str]) -> dict[str, list[int]]:
-        meta = kafka.admin_client(self.settings).list_topics(timeout=self.settings.connect_timeout_s)
+        meta = self.admin.list_topics(timeout=self.settings.connect_timeout_s)
         missing = sorted(t for t in topics if t not in meta.topics or meta.topics[t].error is not None)
         if missing:
             raise LagError(f"missing topic(s) {', '.join(missing)}; run `cqrs setup` with this TOPIC_PREFIX")
         return {t: sorted(meta.topics[t].partitions) for t in topics}
 
-    def _offsets(self, projections: tuple[str, ...],
-                 partitions: dict[str, list[int]]) -> dict[str, list[PartitionOffsets]]:
+    def _offsets(self, projections: tuple[str, ...], partitions: dict[str, list[int]],
+                 suffix: str) -> dict[str, list[PartitionOffsets]]:
         timeout = self.settings.connect_timeout_s
         tps = [(t, p) for t, ps in sorted(partitions.items()) for p in ps]
-        earliest = kafka.earliest_offsets(self.settings, tps, timeout)
-        end = kafka.end_offsets(self.settings, tps, timeout)
+        earliest = kafka.earliest_offsets(self.settings, tps, timeout, self.admin)
+        end = kafka.end_offsets(self.settings, tps, timeout, self.admin)
         result = {}
         for projection in projections:
             own = [(t, p) for t in source_topics(projection, self.settings.topic_prefix) for p in partitions[t]]
-            committed = kafka.committed_offsets(self.settings, consumer_group(projection, self.group_suffix), own, timeout)
+            committed = kafka.committed_offsets(self.settings, consumer_group(projection, suffix), own, timeout,
+                                                self.admin)
             result[projection] = [PartitionOffsets(t, p, committed.get((t, p)), earliest[(t, p)], end[(t, p)])
                                   for t, p in own]
         return result

@@ -6,6 +6,11 @@ TOPICS: dict[str, tuple[str, ...]] = {"order-views": ("order-events",), "product
                                       "sales-stats": ("order-events",)}
 
 
+def source_topics(projection: str, prefix: str = "") -> tuple[str, ...]:
+    """The topics a projection consumes, under TOPIC_PREFIX `prefix`."""
+    return tuple(prefix + t for t in TOPICS[projection])
+
+
 def consumer_group(projection: str, suffix: str = "") -> str:
     """The consumer group (and Faust app id) of a projection's workers."""
     return f"cqrs-{projection}{suffix}"

@@ -55,34 +55,36 @@ class OrderCollections:
     history: str = CUSTOMER_HISTORY
 
 
-def order_collections(version: int) -> OrderCollections:
-    """Version 1 keeps the original names, so a deployment that never rebuilt reads what it always did."""
+def require_version(version: int) -> int:
     if version < 1:
         raise ValueError(f"read-model versions start at 1, not {version}")
-    return OrderCollections() if version == 1 else OrderCollections(f"{ORDER_VIEWS}_v{version}",
-                                                                     f"{CUSTOMER_HISTORY}_v{version}")
+    return version
+
+
+def versioned(name: str, version: int, marker: str = "_v", suffix: str = "") -> str:
+    """`name` for version 1 (a deployment that never rebuilt reads what it always did), else
+    `<name><marker><version><suffix>`."""
+    return name if require_version(version) == 1 else f"{name}{marker}{version}{suffix}"
+
+
+def order_collections(version: int) -> OrderCollections:
+    return OrderCollections(versioned(ORDER_VIEWS, version), versioned(CUSTOMER_HISTORY, version))
 
 
 def sales_prefix(version: int) -> str:
     """The Redis key prefix of one version of the sales figures. No version-1 key starts with `sales:v<digit>`
     (they are `sales:day:`, `sales:product:`, `sales:ledger:`, `sales:dirty-products`), so the versions'
     key spaces never overlap."""
-    if version < 1:
-        raise ValueError(f"read-model versions start at 1, not {version}")
-    return SALES_PREFIX if version == 1 else f"{SALES_PREFIX}v{version}:"
+    return versioned(SALES_PREFIX, version, marker="v", suffix=":")
 
 
 def product_stats_collection(version: int) -> str:
-    if version < 1:
-        raise ValueError(f"read-model versions start at 1, not {version}")
-    return PRODUCT_STATS if version == 1 else f"{PRODUCT_STATS}_v{version}"
+    return versioned(PRODUCT_STATS, version)
 
 
 def products_index(alias: str, version: int) -> str:
-    """The concrete search index of one version behind `alias`."""
-    if version < 1:
-        raise ValueError(f"read-model versions start at 1, not {version}")
-    return f"{alias}-v{version}"
+    """The concrete search index of one version behind `alias` (version 1 included: the alias is the name)."""
+    return f"{alias}-v{require_version(version)}"
 
 
 def products_index_version(alias: str, index: str) -> int | None:

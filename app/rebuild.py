@@ -33,13 +33,14 @@ from agents.dead_letters import DeadLetters, SourceRecord
 from agents.engine import BatchProcessor, MemoryProgress
 from agents.gate import SequenceGate
 from agents.replay_buffer import ReplayBuffer
-from app.projections import TOPICS, consumer_group
+from app.projections import consumer_group, source_topics
 from app.read_model_versions import FENCE_S, current
 from app.read_models import READ_MODEL_VERSIONS
 from app.rebuild_progress import RebuildProgress, duration
 from app.rebuild_targets import (REBUILDABLE, OrderViewsTarget, ProductSearchTarget, RebuildTarget,
                                  SalesStatsTarget)
 from app.settings import Settings
+from app.setup import prepare_event_codecs
 from connectors import elasticsearch, kafka, mongo, postgres, redis
 
 LOCK_NAMESPACE = 0x0C9A6
@@ -79,7 +80,7 @@ class BulkReplay:
     when it has none) and feeds the BatchProcessor. Commits after each flush, never past an event whose
     state is not written yet or that a sequence gap holds."""
 
-    def __init__(self, settings: Settings, group: str, topics: list[str], processor: BatchProcessor,
+    def __init__(self, settings: Settings, group: str, topics: tuple[str, ...], processor: BatchProcessor,
                  buffer: ReplayBuffer, options: RebuildOptions) -> None:
         from confluent_kafka import Consumer, TopicPartition
 
@@ -94,8 +95,9 @@ class BulkReplay:
             if found is None or found.error is not None:
                 raise RebuildRefused(f"topic {topic} does not exist; nothing to rebuild from (run `cqrs setup`)")
             partitions += [(topic, p) for p in sorted(found.partitions)]
-        committed = kafka.committed_offsets(settings, group, partitions)
-        earliest = kafka.earliest_offsets(settings, partitions)
+        self.admin = kafka.admin_client(settings)
+        committed = kafka.committed_offsets(settings, group, partitions, admin=self.admin)
+        earliest = kafka.earliest_offsets(settings, partitions, admin=self.admin)
         self.settings = settings
         self.position = {tp: committed[tp] if committed.get(tp) is not None else earliest[tp] for tp in partitions}
         self.consumer.assign([TopicPartition(t, p, off) for (t, p), off in self.position.items()])
@@ -104,7 +106,7 @@ class BulkReplay:
         self._checkpointed = time.monotonic()
 
     def head(self) -> dict[tuple[str, int], int]:
-        return kafka.end_offsets(self.settings, list(self.position))
+        return kafka.end_offsets(self.settings, list(self.position), admin=self.admin)
 
     def behind(self, targets: dict[tuple[str, int], int]) -> int:
         return sum(max(0, end - self.position[tp]) for tp, end in targets.items())
@@ -232,26 +234,27 @@ async def rebuild(projection: str, settings: Settings, options: RebuildOptions, 
         serving = await target.serving_version(record)
         if record.building:
             version, group = int(record.building["version"]), str(record.building["group"])
-            await target.create(version)
         else:
             version = record.next_version(await target.existing_versions() | {serving})
             group = rebuild_group(projection, version, settings.projection_group_suffix)
-            await target.create(version)
+        await target.create(version)
+        if not record.building:
             await versions.update_one({"_id": projection}, {"$set": {"building": {
                 "version": version, "group": group, "started_at": time.time()}}}, upsert=True)
         resumed = record.building is not None
-        topics = [settings.topic_prefix + t for t in TOPICS[projection]]
         buffer = ReplayBuffer(target.writer(version), max_states=options.max_states, flush_chunk=target.flush_chunk,
                               store_starts_empty=not resumed)
-        processor = BatchProcessor(buffer, _codecs(settings), MemoryProgress(), DeadLetters(settings, projection),
-                                   SequenceGate(settings.gap_hold_seconds))
-        replay = BulkReplay(settings, group, topics, processor, buffer, options)
+        processor = BatchProcessor(buffer, prepare_event_codecs(settings), MemoryProgress(),
+                                   DeadLetters(settings, projection), SequenceGate(settings.gap_hold_seconds))
+        replay = BulkReplay(settings, group, source_topics(projection, settings.topic_prefix), processor, buffer,
+                            options)
         progress.say(f"{'resuming' if resumed else 'rebuilding'} {projection} version {version} "
                      f"(serving: {'version ' + str(serving) if serving else 'none'}), consumer group {group}")
         started = time.monotonic()
 
-        progress.start(f"{projection} v{version} replay", replay.behind(replay.head()))
-        await replay.run_until(replay.head(), progress)
+        head = replay.head()
+        progress.start(f"{projection} v{version} replay", replay.behind(head))
+        await replay.run_until(head, progress)
         await replay.checkpoint()
         progress.finish()
         await follow_head(replay, options, progress)
@@ -278,12 +281,6 @@ async def rebuild(projection: str, settings: Settings, options: RebuildOptions, 
             if hasattr(result, "__await__"):
                 await result
         lock.release()
-
-
-def _codecs(settings: Settings):
-    from app.setup import prepare_event_codecs
-
-    return prepare_event_codecs(settings)
 
 
 async def follow_head(replay: BulkReplay, options: RebuildOptions, progress: RebuildProgress) -> None:

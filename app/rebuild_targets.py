@@ -175,9 +175,7 @@ class ProductSearchTarget:
         await self.es.indices.put_settings(index=index, settings={"refresh_interval": SERVING_REFRESH})
         await self.es.indices.refresh(index=index)
         sales = await current(self.db[READ_MODEL_VERSIONS], "sales-stats")
-        ids = [hit["_id"] async for hit in self._ids(index)]
-        for start in range(0, len(ids), 2000):
-            chunk = ids[start:start + 2000]
+        async for chunk in self._id_batches(index):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for pid in chunk:
                     pipe.hget(sales_product_key(pid, sales.sales_prefix), "purchase_count")
@@ -194,13 +192,13 @@ class ProductSearchTarget:
                     raise RuntimeError(f"search index rejected a purchase count: {failed['error']}")
         await self.es.indices.refresh(index=index)
 
-    async def _ids(self, index: str):
-        resp = await self.es.search(index=index, scroll="1m", size=5000, source=False, query={"match_all": {}})
+    async def _id_batches(self, index: str):
+        """The ids of every document of `index`, in batches of at most SCAN_BATCH (a scroll)."""
+        resp = await self.es.search(index=index, scroll="1m", size=SCAN_BATCH, source=False, query={"match_all": {}})
         scroll_id = resp.get("_scroll_id")
         try:
             while resp["hits"]["hits"]:
-                for hit in resp["hits"]["hits"]:
-                    yield hit
+                yield [hit["_id"] for hit in resp["hits"]["hits"]]
                 resp = await self.es.scroll(scroll_id=scroll_id, scroll="1m")
                 scroll_id = resp.get("_scroll_id")
         finally:
@@ -221,15 +219,8 @@ class ProductSearchTarget:
         """Purchase counts that changed after `ready_to_serve` went to the previous index: mark every
         product for the sales projection to copy again, into the index the alias points at now."""
         dirty = (await current(self.db[READ_MODEL_VERSIONS], "sales-stats")).sales_prefix + DIRTY
-        index = products_index(self.alias, version)
-        batch: list[str] = []
-        async for hit in self._ids(index):
-            batch.append(hit["_id"])
-            if len(batch) >= 5000:
-                await self.redis.sadd(dirty, *batch)
-                batch.clear()
-        if batch:
-            await self.redis.sadd(dirty, *batch)
+        async for ids in self._id_batches(products_index(self.alias, version)):
+            await self.redis.sadd(dirty, *ids)
 
     async def drop(self, version: int) -> None:
         await self.es.options(ignore_status=404).indices.delete(index=products_index(self.alias, version))

@@ -101,7 +101,7 @@ def load_local(directory: Path, prefix: str) -> list[LocalSchema]:
 
 
 def _load_file(path: Path, prefix: str) -> LocalSchema:
-    topic = path.name[: -len(".avsc")]
+    topic = path.stem
     subject = subject_for(prefix + topic)
     try:
         schema = json.loads(path.read_text())
@@ -262,9 +262,10 @@ def run(action: Literal["check", "register"], settings: Settings, directory: Pat
         mode: str | None = None, force: bool = False) -> int:
     """`cqrs schemas check|register`: 0 all passed (and registered), 1 incompatible, invalid or refused;
     ServiceUnavailable propagates for the caller to print as one line (exit 2)."""
+    client = registry_client(settings)   # one client (and its cache) for the check and the registration
     try:
         override = Mode.parse(mode) if mode else None
-        report = check_schemas(settings, directory or SCHEMA_DIR, override)
+        report = check_schemas(settings, directory or SCHEMA_DIR, override, client)
     except (GateError, ValueError) as exc:
         print(f"cqrs schemas: {exc}", file=sys.stderr)
         return 1
@@ -279,7 +280,7 @@ def run(action: Literal["check", "register"], settings: Settings, directory: Pat
         print(f"cqrs schemas: refusing to register: {failed} subject(s) failing the check (--force registers anyway)",
               file=sys.stderr)
         return 1
-    registrations = register_schemas(settings, (c.local for c in report.checks))
+    registrations = register_schemas(settings, (c.local for c in report.checks), client)
     for reg in registrations:
         print(format_registration(reg, width))
     invalid = sum(c.status == "invalid" for c in report.checks)

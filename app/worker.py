@@ -2,8 +2,8 @@
 
 `cqrs worker <projection>` runs it; start more processes with the same projection to split the
 partitions between them (never more than the partition count). Events of one aggregate share a
-partition, so one worker applies them, in order. Before each batch, a worker of a rebuildable read
-model looks up the version that serves (waiting while a rebuild's switch fence holds it) and writes there.
+partition, so one worker applies them, in order. Before each batch and tick, a worker looks up the
+version of its read model that serves (waiting while a rebuild's switch fence holds it) and writes there.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from agents.order_views import OrderViews, ensure_order_indexes
 from agents.product_search import ProductSearch, ensure_products_index
 from agents.sales_stats import SalesStats
 from app.commit_guard import CommitGuard, exit_unprocessed
-from app.projections import PROJECTIONS, TOPICS, consumer_group
+from app.projections import PROJECTIONS, consumer_group, source_topics
 from app.read_model_versions import current, wait_unfenced
 from app.read_models import READ_MODEL_VERSIONS
 from app.settings import Settings
@@ -62,6 +62,12 @@ async def build_projection(name: str, settings: Settings) -> tuple[Projection, l
     if name == "sales-stats":
         return SalesStats(redis, db, es, alias), closers, db
     raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
+
+
+async def follow_serving(projection, versions) -> None:
+    """Point the projection at the version of its read model that serves now, waiting while a rebuild's
+    switch fence holds its live writes."""
+    await projection.target_serving(await wait_unfenced(versions, projection.name))
 
 
 def source_record(event: faust.EventT) -> SourceRecord:
@@ -111,10 +117,10 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
         broker_rebalance_timeout=settings.worker_session_timeout_s * 2,
     )
     progress = TableProgress(app, name, settings.topic_partitions)
-    source_topics = [settings.topic_prefix + t for t in TOPICS[name]]
-    topic = app.topic(*source_topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    sources = source_topics(name, settings.topic_prefix)
+    topic = app.topic(*sources, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     state: dict = {}
-    guard = CommitGuard(app, settings, name, source_topics)
+    guard = CommitGuard(app, settings, name, sources)
     lag_reported: set[TP] = set()
 
     @app.agent(topic, name=name, concurrency=1)
@@ -132,8 +138,7 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
                                                    within=settings.projection_batch_wait_s):
                 records = await guard.admit([source_record(e) for e in events])
                 if records:
-                    if hasattr(projection, "target_serving"):  # a rebuildable read model: follow its switches
-                        await projection.target_serving(await wait_unfenced(versions, name))
+                    await follow_serving(projection, versions)
                     await processor.process(records)
                     guard.done(records)
                     report_offset_lag(app, name, records, lag_reported)
@@ -158,8 +163,7 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
         upkeep = getattr(processor.projection, "tick", None) if processor else None
         if upkeep is not None:
             try:
-                if hasattr(processor.projection, "target_serving"):
-                    await processor.projection.target_serving(await wait_unfenced(state["versions"], name))
+                await follow_serving(processor.projection, state["versions"])
                 await upkeep()
             except Exception as exc:  # upkeep retries on the next tick
                 log.warning("%s upkeep failed: %s", name, exc)

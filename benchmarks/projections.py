@@ -153,7 +153,6 @@ class Loaded:
     counts: Counter
     orders_not_cancelled: int
     products_in_orders: int
-    customers_with_orders: int
     seconds: float
 
 
@@ -271,13 +270,11 @@ class Bench:
                 raise BenchError(f"preload: {self.iso.prefix + topic} holds {on_broker} events, expected {count}")
         statuses: dict[str, bool] = {}
         products: set[str] = set()
-        customers: set[str] = set()
         for e in stream.events:
             kind, p = e.envelope["event_type"], e.envelope["payload"][1]
             if kind == "OrderCreated":
                 statuses[e.key] = True
                 products.update(i["product_id"] for i in p["items"])
-                customers.add(p["customer_id"])
             elif kind == "ItemAdded":
                 products.add(p["product_id"])
             elif kind == "OrderCancelled":
@@ -289,7 +286,7 @@ class Bench:
                                for t, n in sorted(stream.per_topic.items())))
         print("  " + ", ".join(f"{k} {fmt(v)}" for k, v in stream.counts.most_common()))
         return Loaded(stream.per_topic, stream.aggregates, stream.counts, sum(statuses.values()), len(products),
-                      len(customers), seconds)
+                      seconds)
 
     def end_offsets(self, topics: Iterable[str]) -> dict[str, dict[int, int]]:
         from confluent_kafka import Consumer, TopicPartition

@@ -58,13 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         bench.stream = None   # the generated events are on the broker; free the memory for the rebuild
         from pymongo import MongoClient
 
+        from app.projections import PROJECTIONS, TOPICS
         from app.read_model_versions import ServingRecord
-        from app.read_models import READ_MODEL_VERSIONS, order_collections
+        from app.read_models import READ_MODEL_VERSIONS
         from connectors import elasticsearch, mongo
 
         results = {}
-        for projection, topic in (("order-views", "order-events"), ("product-search", "product-events"),
-                                  ("sales-stats", "order-events")):
+        for projection in PROJECTIONS:
+            (topic,) = TOPICS[projection]
             meter = BusyMeter()
             wall, events, docs, out = run_rebuild(projection, env, args.timeout_s)
             results[projection] = (wall, events, docs, meter.percent())
@@ -74,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         # FerretDB counts by scanning: allow it minutes, not the connectors' 30 s.
         client = MongoClient(bench.settings.mongo_url, socketTimeoutMS=600_000, serverSelectionTimeoutMS=5_000)
         db = mongo.read_database(bench.settings, client)
-        record = ServingRecord.from_document("order-views", db[READ_MODEL_VERSIONS].find_one({"_id": "order-views"}))
-        views = db[order_collections(record.serving).views].count_documents({})
-        sales = ServingRecord.from_document("sales-stats", db[READ_MODEL_VERSIONS].find_one({"_id": "sales-stats"}))
-        stats = db[sales.product_stats].count_documents({})
+        def serving(projection: str) -> ServingRecord:
+            return ServingRecord.from_document(projection, db[READ_MODEL_VERSIONS].find_one({"_id": projection}))
+
+        views = db[serving("order-views").order_collections.views].count_documents({})
+        stats = db[serving("sales-stats").product_stats].count_documents({})
         client.close()
         es = elasticsearch.es_client(bench.settings)
         es.indices.refresh(index=bench.settings.es_products_alias)

@@ -31,12 +31,18 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(base_config(settings))
 
 
+def unavailable(settings: Settings, exc: BaseException) -> ServiceUnavailable:
+    """The one-line ServiceUnavailable for a Kafka error or a request that timed out."""
+    reason = exc.args[0].str() if isinstance(exc, KafkaException) and exc.args else f"{type(exc).__name__}: {exc}"
+    return ServiceUnavailable(SERVICE, settings.kafka_bootstrap_servers, reason or "timed out")
+
+
 def check(settings: Settings) -> ServiceInfo:
     """Ask the cluster for its metadata within the connect timeout, or raise ServiceUnavailable."""
     try:
         meta = admin_client(settings).list_topics(timeout=settings.connect_timeout_s)
     except KafkaException as exc:
-        raise ServiceUnavailable(SERVICE, settings.kafka_bootstrap_servers, exc.args[0].str()) from None
+        raise unavailable(settings, exc) from None
     if not meta.brokers:
         raise ServiceUnavailable(SERVICE, settings.kafka_bootstrap_servers, "no brokers in metadata")
     return ServiceInfo(SERVICE, settings.kafka_bootstrap_servers, f"{len(meta.brokers)} broker(s)")
@@ -100,39 +106,40 @@ def delete_consumer_groups(settings: Settings, groups: Iterable[str], timeout: f
 
 
 def committed_offsets(settings: Settings, group_id: str, partitions: Iterable[tuple[str, int]],
-                      timeout: float = 10.0) -> dict[tuple[str, int], int | None]:
-    """The group's committed offset of each (topic, partition); None where it has committed none."""
+                      timeout: float = 10.0, admin: AdminClient | None = None) -> dict[tuple[str, int], int | None]:
+    """The group's committed offset of each (topic, partition); None where it has committed none.
+    `admin`: a client the caller keeps for repeated calls (else one is made for this call)."""
     from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 
     tps = [TopicPartition(t, p) for t, p in partitions]
     if not tps:
         return {}
-    admin = admin_client(settings)  # kept referenced until its futures complete
+    admin = admin or admin_client(settings)  # kept referenced until its futures complete
     request = ConsumerGroupTopicPartitions(group_id, tps)
     found = admin.list_consumer_group_offsets([request], request_timeout=timeout)[group_id].result(timeout)
     return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in found.topic_partitions}
 
 
 def earliest_offsets(settings: Settings, partitions: Iterable[tuple[str, int]],
-                     timeout: float = 10.0) -> dict[tuple[str, int], int]:
+                     timeout: float = 10.0, admin: AdminClient | None = None) -> dict[tuple[str, int], int]:
     """The first offset each (topic, partition) still holds (later than 0 once retention deleted some)."""
-    return _list_offsets(settings, partitions, "earliest", timeout)
+    return _list_offsets(settings, partitions, "earliest", timeout, admin)
 
 
 def end_offsets(settings: Settings, partitions: Iterable[tuple[str, int]],
-                timeout: float = 10.0) -> dict[tuple[str, int], int]:
+                timeout: float = 10.0, admin: AdminClient | None = None) -> dict[tuple[str, int], int]:
     """The offset the next record of each (topic, partition) will get."""
-    return _list_offsets(settings, partitions, "latest", timeout)
+    return _list_offsets(settings, partitions, "latest", timeout, admin)
 
 
 def _list_offsets(settings: Settings, partitions: Iterable[tuple[str, int]], which: str,
-                  timeout: float) -> dict[tuple[str, int], int]:
+                  timeout: float, admin: AdminClient | None) -> dict[tuple[str, int], int]:
     from confluent_kafka import TopicPartition
     from confluent_kafka.admin import OffsetSpec
 
     wanted = {TopicPartition(t, p): getattr(OffsetSpec, which)() for t, p in partitions}
     if not wanted:
         return {}
-    admin = admin_client(settings)
+    admin = admin or admin_client(settings)
     futures = admin.list_offsets(wanted, request_timeout=timeout)
     return {(tp.topic, tp.partition): fut.result(timeout).offset for tp, fut in futures.items()}

@@ -41,6 +41,7 @@ from typing import Annotated, Any
 
 import orjson
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
@@ -150,17 +151,21 @@ class DeadLetterTally:
     max_records: int = DLQ_MAX_RECORDS_PER_CALL
     positions: dict[int, int] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=lambda: {p: 0 for p in PROJECTIONS})
+    admin: AdminClient | None = None   # kept between refreshes; made here when not given
+
+    def __post_init__(self) -> None:
+        self.admin = self.admin or kafka.admin_client(self.settings)
 
     def refresh(self) -> DeadLetterCounts:
         """Read what was appended since the last refresh (bounded) and return the counts; a missing topic
         holds nothing. Raises KafkaException or TimeoutError when Kafka does not answer in time."""
         timeout = self.settings.connect_timeout_s
-        meta = kafka.admin_client(self.settings).list_topics(timeout=timeout).topics.get(self.topic)
+        meta = self.admin.list_topics(timeout=timeout).topics.get(self.topic)
         if meta is None or meta.error is not None:
             return DeadLetterCounts(self.topic, 0, 0, dict(self.counts))
         tps = [(self.topic, p) for p in sorted(meta.partitions)]
-        low = {p: o for (_, p), o in kafka.earliest_offsets(self.settings, tps, timeout).items()}
-        high = {p: o for (_, p), o in kafka.end_offsets(self.settings, tps, timeout).items()}
+        low = {p: o for (_, p), o in kafka.earliest_offsets(self.settings, tps, timeout, self.admin).items()}
+        high = {p: o for (_, p), o in kafka.end_offsets(self.settings, tps, timeout, self.admin).items()}
         starts = {p: max(self.positions.get(p, 0), low[p]) for p in high}
         wanted = {p: s for p, s in starts.items() if s < high[p]}
         self.positions.update(starts)
@@ -196,20 +201,14 @@ def rebuild_projection(group: str) -> str | None:
     return next((p for p in PROJECTIONS if group.startswith(f"{consumer_group(p)}-rebuild")), None)
 
 
-def list_groups(settings: Settings) -> list[tuple[str, str]]:
+def list_groups(settings: Settings, admin: AdminClient) -> list[tuple[str, str]]:
     """(group id, state) of every consumer group Kafka knows."""
     timeout = settings.connect_timeout_s
-    admin = kafka.admin_client(settings)  # kept referenced until its future completes
     found = admin.list_consumer_groups(request_timeout=timeout).result(timeout)
     return sorted((g.group_id, g.state.name.lower() if g.state is not None else "unknown") for g in found.valid)
 
 
 # ---- the monitor ----------------------------------------------------------------------------------
-
-def _kafka_down(settings: Settings, exc: BaseException) -> ServiceUnavailable:
-    reason = exc.args[0].str() if isinstance(exc, KafkaException) and exc.args else f"{type(exc).__name__}: {exc}"
-    return ServiceUnavailable(kafka.SERVICE, settings.kafka_bootstrap_servers, reason or "timed out")
-
 
 def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
@@ -222,8 +221,7 @@ class PipelineMonitor:
         self.settings = settings
         self.reader = LagReader(settings, settings.projection_group_suffix)
         self.samples = Samples()
-        self.tally = DeadLetterTally(settings)
-        self.rebuild_readers: dict[str, LagReader] = {}
+        self.tally = DeadLetterTally(settings, admin=self.reader.admin)
         self.lock = asyncio.Lock()
         self.last: dict[str, Any] | None = None
         self.last_at = float("-inf")
@@ -243,19 +241,18 @@ class PipelineMonitor:
             dead = self.tally.refresh()
             rebuilds = self._rebuilds()
         except (KafkaException, concurrent.futures.TimeoutError) as exc:
-            raise _kafka_down(self.settings, exc) from None
+            raise kafka.unavailable(self.settings, exc) from None
         t = time.time()
         if self.samples.due(t):
             self.samples.add(rows, t)
         return self._document(t, dead, rebuilds)
 
     def _rebuilds(self) -> list[dict[str, Any]]:
-        found = [(g, state, p) for g, state in list_groups(self.settings) if (p := rebuild_projection(g))]
-        self.rebuild_readers = {g: self.rebuild_readers.get(g) or
-                                LagReader(self.settings, g[len(consumer_group(p)):]) for g, _, p in found}
+        found = [(g, state, p) for g, state in list_groups(self.settings, self.reader.admin)
+                 if (p := rebuild_projection(g))]
         result = []
         for group, state, projection in found:
-            rows = self.rebuild_readers[group].collect((projection,))
+            rows = self.reader.collect((projection,), group_suffix=group[len(consumer_group(projection)):])
             total = totals(rows)[0]
             result.append({"group": group, "projection": projection, "state": state,
                            "committed": sum(r.committed or 0 for r in rows), "end": sum(r.end for r in rows),

@@ -39,6 +39,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # run as a file: make the project importable
+from deploy.local.base import StackPaths  # noqa: E402
+
 K8S_DIR = Path(__file__).resolve().parent
 KUBERNETES_VERSION = "1.33.0"  # schema version validated against (any of 1.25.0 .. 1.37.0 is in the wheel)
 KUSTOMIZE = ("sigs.k8s.io/kustomize/kustomize/v5", "v5.8.2")  # v5.8.3 needs Go >= 1.27
@@ -100,14 +103,8 @@ class ToolError(Exception):
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("CQRS_CACHE_DIR")
-    if base:
-        root = Path(base)
-    elif os.geteuid() == 0:
-        root = Path("/var/cache/cqrs-pipeline")
-    else:
-        root = Path.home() / ".cache" / "cqrs-pipeline"
-    return root / "k8s-tools"
+    """Under the stack's download cache (outside the repository, reused by CI and later runs)."""
+    return StackPaths.from_env().cache / "k8s-tools"
 
 
 def _tail(text: str | bytes | None, limit: int = 300) -> str:
@@ -452,10 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(render(fetch_all()["kustomize"], args.directory.resolve()))
             return 0
         return validate([p.resolve() for p in args.paths] or default_paths())
-    except ToolError as exc:
-        print(f"k8s tools: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
+    except (ToolError, OSError) as exc:
         print(f"k8s tools: {exc}", file=sys.stderr)
         return 2
 

@@ -21,6 +21,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # run as a file: make the project importable
+from deploy.local.base import StackPaths  # noqa: E402
+
 PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
 # Module versions v0.3XX.Y are Prometheus 3.XX.Y.
 PROMTOOL_VERSION = os.environ.get("PROMTOOL_VERSION", "v0.313.5")
@@ -36,13 +39,8 @@ class ToolError(RuntimeError):
 
 
 def tools_dir() -> Path:
-    if "CQRS_CACHE_DIR" in os.environ:
-        base = Path(os.environ["CQRS_CACHE_DIR"])
-    elif os.geteuid() == 0:
-        base = Path("/var/cache/cqrs-pipeline")
-    else:
-        base = Path.home() / ".cache" / "cqrs-pipeline"
-    return base / "tools"
+    """Under the stack's download cache (outside the repository, reused by CI and later runs)."""
+    return StackPaths.from_env().cache / "tools"
 
 
 def cached_promtool(version: str = PROMTOOL_VERSION) -> Path:
@@ -52,10 +50,7 @@ def cached_promtool(version: str = PROMTOOL_VERSION) -> Path:
 def find_promtool(version: str = PROMTOOL_VERSION) -> Path | None:
     """An existing promtool ($PROMTOOL, then the cache), without building anything."""
     explicit = os.environ.get("PROMTOOL")
-    if explicit:
-        path = Path(explicit)
-        return path if path.is_file() and os.access(path, os.X_OK) else None
-    path = cached_promtool(version)
+    path = Path(explicit) if explicit else cached_promtool(version)
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
 

@@ -386,9 +386,18 @@ def test_no_registered_version_is_compatible():
 
 # ------------------------------------------------------------------------------------------ the real schemas
 
+def order_events_and_a_copy() -> tuple[dict, dict]:
+    """The real order-events schema and a deep copy to change (load_schema's result is shared: never edit it)."""
+    old = load_schema("order-events")
+    return old, copy.deepcopy(old)
+
+
+def field_named(record: dict, name: str) -> dict:
+    return next(f for f in record["fields"] if f["name"] == name)
+
+
 def payload_record(schema: dict, name: str) -> dict:
-    payload = next(f for f in schema["fields"] if f["name"] == "payload")
-    return next(b for b in payload["type"] if isinstance(b, dict) and b["name"] == name)
+    return next(b for b in field_named(schema, "payload")["type"] if isinstance(b, dict) and b["name"] == name)
 
 
 @pytest.mark.parametrize("topic", TOPICS)
@@ -398,8 +407,7 @@ def test_real_schemas_are_fully_compatible_with_themselves(topic):
 
 
 def test_real_optional_payload_field_with_default_passes_backward():
-    old = load_schema("order-events")
-    new = copy.deepcopy(old)
+    old, new = order_events_and_a_copy()
     payload_record(new, "OrderShipped")["fields"].append(fld("carrier", ["null", "string"], default=None))
     result = check_mode(new, [(1, old)], Mode.BACKWARD)
     assert result.compatible, result.incompatibilities
@@ -407,8 +415,7 @@ def test_real_optional_payload_field_with_default_passes_backward():
 
 
 def test_real_required_payload_field_fails_naming_it():
-    old = load_schema("order-events")
-    new = copy.deepcopy(old)
+    old, new = order_events_and_a_copy()
     payload_record(new, "OrderCreated")["fields"].append(fld("currency", "string"))
     (finding,) = check_mode(new, [(1, old)], Mode.BACKWARD).incompatibilities
     assert finding.item.path == "OrderEvent.payload[OrderCreated].currency"
@@ -418,9 +425,8 @@ def test_real_required_payload_field_fails_naming_it():
 
 
 def test_real_removed_union_branch_fails():
-    old = load_schema("order-events")
-    new = copy.deepcopy(old)
-    payload = next(f for f in new["fields"] if f["name"] == "payload")
+    old, new = order_events_and_a_copy()
+    payload = field_named(new, "payload")
     payload["type"] = [b for b in payload["type"] if b["name"] != "OrderDelivered"]
     (finding,) = check_mode(new, [(1, old)], Mode.BACKWARD).incompatibilities
     assert finding.item.path == "OrderEvent.payload[OrderDelivered]"
@@ -428,19 +434,17 @@ def test_real_removed_union_branch_fails():
 
 
 def test_real_type_change_fails():
-    old = load_schema("order-events")
-    new = copy.deepcopy(old)
-    next(f for f in new["fields"] if f["name"] == "sequence_number")["type"] = "string"
+    old, new = order_events_and_a_copy()
+    field_named(new, "sequence_number")["type"] = "string"
     (finding,) = check_mode(new, [(1, old)], Mode.BACKWARD).incompatibilities
     assert finding.item.path == "OrderEvent.sequence_number"
     assert finding.item.reason.startswith("type changed from long to string")
 
 
 def test_real_int_to_long_promotion_passes_backward_but_not_forward():
-    old = load_schema("order-events")
-    new = copy.deepcopy(old)
+    old, new = order_events_and_a_copy()
     line = payload_record(new, "OrderCreated")["fields"][1]["type"]["items"]
-    next(f for f in line["fields"] if f["name"] == "quantity")["type"] = "long"
+    field_named(line, "quantity")["type"] = "long"
     assert check_mode(new, [(1, old)], Mode.BACKWARD).compatible
     (finding,) = check_mode(new, [(1, old)], Mode.FORWARD).incompatibilities
     assert finding.item.path == "OrderEvent.payload[OrderCreated].items[].quantity"
