@@ -19,13 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from agents import failpoints
 from agents.dead_letters import SourceRecord
 from agents.gate import SequenceGate
 from agents.metrics import BATCH_SIZE, EVENTS, HELD, LAG_SECONDS, LAST_APPLIED, SINK_LATENCY
+from agents.outages import StoreHealth, outage_store
 from schemas.codec import DecodeError, EventCodec
 
 log = logging.getLogger("cqrs.projection")
@@ -93,30 +95,54 @@ class BatchReport:
     stale: int = 0  # a sequence number at or below the aggregate's last applied one
     dead_lettered: int = 0
     written_aggregates: int = 0
+    rewritten: int = 0  # aggregates whose stored state was written again: an earlier write may be incomplete
     last_occurred_at: Any = None
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounded exponential backoff for transient sink errors."""
+    """Retries of one step of a batch. A store outage is waited out with capped exponential backoff for
+    up to `outage_limit_s`, reported through the worker's StoreHealth meanwhile; any other failure (a
+    bug, a request the store rejects) is retried `attempts` times, then raised as SinkFailed. Each
+    attempt is bounded by `attempt_timeout_s`, so a store that accepts connections and never answers is
+    an outage too, not a hang."""
 
     attempts: int = 5
     base_delay_s: float = 0.2
-    max_delay_s: float = 5.0
+    max_delay_s: float = 2.0
+    outage_limit_s: float = 3600.0
+    attempt_timeout_s: float = 60.0
 
-    async def run(self, what: str, fn, *args):
+    async def run(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any,
+                  health: StoreHealth | None = None) -> Any:
         delay = self.base_delay_s
-        for attempt in range(1, self.attempts + 1):
+        failures = 0
+        down: set[str] = set()
+        while True:
             try:
-                return await fn(*args)
-            except Exception as exc:  # a sink raising anything is retried, then reported
-                if attempt == self.attempts:
-                    raise SinkFailed(f"{what} failed after {attempt} attempts: {type(exc).__name__}: {exc}",
-                                     attempt) from exc
-                log.warning("%s failed (attempt %d/%d): %s; retrying in %.1fs", what, attempt, self.attempts,
-                            exc, delay)
+                result = await asyncio.wait_for(fn(*args), self.attempt_timeout_s)
+            except Exception as exc:  # a sink raising anything is classified, retried, then reported
+                store = outage_store(exc)
+                if store is None:
+                    failures += 1
+                    if failures >= self.attempts:
+                        raise SinkFailed(f"{what} failed after {failures} attempts: {type(exc).__name__}: {exc}",
+                                         failures) from exc
+                    log.warning("%s failed (attempt %d/%d): %s; retrying in %.1fs", what, failures, self.attempts,
+                                exc, delay)
+                else:
+                    down.add(store)
+                    if health is not None:
+                        health.failed(store, what, exc)
+                        if health.outage_s() > self.outage_limit_s:
+                            raise SinkFailed(f"{what}: {store} unavailable for over {self.outage_limit_s:.0f}s: "
+                                             f"{type(exc).__name__}: {exc}", failures) from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.max_delay_s)
+                continue
+            if down and health is not None:
+                health.recovered(down)
+            return result
 
 
 class SinkFailed(RuntimeError):
@@ -128,8 +154,9 @@ class SinkFailed(RuntimeError):
 class BatchProcessor:
     def __init__(self, projection: Projection, codecs: Mapping[str, EventCodec], progress: Progress,
                  dead_letters: DeadLetterSink, gate: SequenceGate | None = None,
-                 retry: RetryPolicy = RetryPolicy()) -> None:
+                 retry: RetryPolicy = RetryPolicy(), health: StoreHealth | None = None) -> None:
         self.projection = projection
+        self.health = health
         self.codecs = codecs
         self.progress = progress
         self.dead_letters = dead_letters
@@ -137,6 +164,9 @@ class BatchProcessor:
         self.retry = retry
         self._records: dict[int, SourceRecord] = {}
         self.held_floor: dict[tuple[str, int], int] = {}
+
+    async def _retry(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        return await self.retry.run(f"{self.projection.name}: {what}", fn, *args, health=self.health)
 
     def _dead_letter(self, events: Iterable[Mapping[str, Any]], reason: str, error: str, report: BatchReport,
                      attempts: int = 1) -> None:
@@ -154,6 +184,19 @@ class BatchProcessor:
         if not getattr(self.projection, "skips_loading_new_aggregates", False):
             return list(first)
         return [agg for agg, seq in first.items() if seq != 1 or self.progress.last(agg) != 0]
+
+    def _incomplete(self, stale: Iterable[Mapping[str, Any]], states: Mapping[str, Any]) -> dict[str, list]:
+        """Aggregates whose stored state is ahead of the progress tables, with their stale events: the sink
+        holds a sequence the tables never recorded, so the attempt that wrote it may have died before its
+        last write (a projection writes several documents or stores per aggregate). Their stored state is
+        written again, whole; every write is idempotent, so a complete earlier attempt changes nothing."""
+        found: dict[str, list] = {}
+        for event in stale:
+            agg, seq = event["aggregate_id"], event["sequence_number"]
+            state = states.get(agg)
+            if state is not None and self.progress.last(agg) < seq <= self.projection.last_seq(state):
+                found.setdefault(agg, []).append(event)
+        return found
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchReport:
         name = self.projection.name
@@ -184,7 +227,7 @@ class BatchProcessor:
                 fresh.append(event)
 
         ids = self._to_load(fresh)
-        states = await self.retry.run(f"{name}: load state", self.projection.load, ids) if ids else {}
+        states = await self._retry("load state", self.projection.load, ids) if ids else {}
 
         def last_applied(agg: str) -> int:
             return max(self.progress.last(agg), self.projection.last_seq(states.get(agg)))
@@ -192,15 +235,17 @@ class BatchProcessor:
         admitted = self.gate.admit(fresh, last_applied)
         HELD.labels(name).set(self.gate.held)
         report.stale += len(admitted.duplicates)
+        rewrite = self._incomplete(admitted.duplicates, states)
         for dup in admitted.duplicates:
-            self._records.pop(id(dup), None)
+            if dup["aggregate_id"] not in rewrite:
+                self._records.pop(id(dup), None)
         if admitted.expired:
             self._dead_letter(admitted.expired, "sequence_gap",
                               "held past the gap timeout waiting for a missing sequence number", report)
             EVENTS.labels(name, "gap_expired").inc(len(admitted.expired))
 
         ready = [e for run in admitted.ready.values() for e in run]
-        refs = await self.retry.run(f"{name}: load references", self.projection.references, ready) if ready else None
+        refs = await self._retry("load references", self.projection.references, ready) if ready else None
         changed: dict[str, Any] = {}
         applied: dict[str, list[Mapping[str, Any]]] = {}
         for agg, run in admitted.ready.items():
@@ -217,18 +262,32 @@ class BatchProcessor:
             if done:
                 changed[agg] = state
                 applied[agg] = done
+        rewritten: set[str] = set()
+        for agg, stale in rewrite.items():
+            if agg in changed:  # written whole with its new events anyway
+                for event in stale:
+                    self._records.pop(id(event), None)
+            else:
+                changed[agg] = states[agg]
+                applied[agg] = stale
+                rewritten.add(agg)
+        report.rewritten = len(rewritten)
 
         failures: dict[str, str] = {}
         if changed:
             started = time.perf_counter()
-            failures = await self.retry.run(f"{name}: write", self.projection.write, changed)
+            failures = await self._retry("write", self.projection.write, changed)
             SINK_LATENCY.labels(name, self.projection.sinks).observe(time.perf_counter() - started)
+            failpoints.reach("after-sink-write")
         for agg, error in failures.items():
             self._dead_letter(applied.pop(agg, []), "sink_error", error, report, attempts=self.retry.attempts)
         for agg, done in applied.items():
-            self.progress.record(agg, done[-1]["sequence_number"], [e["event_id"] for e in done],
-                                 self._records[id(done[-1])].partition)
-            report.applied += len(done)
+            seq = done[-1]["sequence_number"]
+            if agg in rewritten:
+                seq = self.projection.last_seq(states[agg])
+            else:
+                report.applied += len(done)
+            self.progress.record(agg, seq, [e["event_id"] for e in done], self._records[id(done[-1])].partition)
             report.written_aggregates += 1
             for event in done:
                 self._records.pop(id(event), None)
@@ -243,6 +302,7 @@ class BatchProcessor:
         EVENTS.labels(name, "applied").inc(report.applied)
         EVENTS.labels(name, "duplicate").inc(report.duplicates)
         EVENTS.labels(name, "stale").inc(report.stale)
+        EVENTS.labels(name, "rewritten").inc(report.rewritten)
         if report.last_occurred_at is not None:
             ts = report.last_occurred_at.timestamp()
             LAST_APPLIED.labels(name).set(ts)

@@ -19,3 +19,5 @@ REREADS = Counter("projection_source_rereads_total", "Times a worker sought a pa
                   "the consumer skipped", ["projection"])
 READY = Gauge("projection_worker_ready", "1 once the worker has restored its tables and consumes its topics",
               ["projection"])
+STORE_UP = Gauge("projection_store_up", "0 while a store the worker writes or reads is unavailable (the worker "
+                 "waits with its partitions paused), 1 once it answers again", ["projection", "store"])

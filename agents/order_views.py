@@ -20,6 +20,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
+from agents import failpoints
 from agents.read_store import bulk_write_unordered, find_by_ids
 from app.read_model_versions import ServingRecord
 from app.read_models import (HISTORY_INDEX, OrderCollections, customer_history_cache_key, history_entry_id,
@@ -84,6 +85,7 @@ class OrderViews:
     async def write(self, changed: dict[str, Any]) -> dict[str, str]:
         views = list(changed.values())
         await self._replace_whole(self.db[self.collections.views], views)
+        failpoints.reach("order-views.between-writes")
         await self._replace_whole(self.db[self.collections.history], [
             {"_id": history_entry_id(v["customer_id"], v["order_id"]), "customer_id": v["customer_id"],
              **order_summary(v)} for v in views])

@@ -21,14 +21,17 @@ older version, so a worker still copying the previous version's figures never un
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from typing import Any
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from elasticsearch import AsyncElasticsearch
 from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
+from agents import failpoints
+from agents.outages import outage_store
 from agents.read_store import bulk_write_unordered, find_by_ids
 from app.read_model_versions import ServingRecord
 from app.read_models import PRODUCTS_ALIAS, product_stats_collection, sales_prefix
@@ -36,6 +39,8 @@ from domain.views import OrderFacts, apply_order_facts, sales_contributions
 
 LEDGER_TTL_S = 35 * 24 * 3600
 DAY_TTL_S = 35 * 24 * 3600
+T = TypeVar("T")
+log = logging.getLogger("cqrs.projection")
 DIRTY = "dirty-products"   # a set under each version's prefix
 CLEAN_IF_UNCHANGED = """
 local removed = 0
@@ -106,6 +111,7 @@ class SalesStats:
                  sync_limit: int = 2000, version: int = 1, copy_on_write: bool = True) -> None:
         self.redis = redis
         self.copy_on_write = copy_on_write
+        self.copies_waiting: set[str] = set()   # stores whose copies wait for them to come back
         self.db = db
         self.es = es
         self.alias = alias
@@ -158,8 +164,9 @@ class SalesStats:
                 key, fld = composite.split("|", 1)
                 args += [key, fld, amount]
         await self._script(args=args)
+        failpoints.reach("sales-stats.between-writes")
         if self.copy_on_write:
-            await self.sync_products()
+            await self.sync_products(probe=False)
         return {}
 
     async def _copy_purchase_counts(self, counts: dict[str, int]) -> set[str]:
@@ -197,8 +204,12 @@ class SalesStats:
     async def tick(self) -> None:
         await self.sync_products()
 
-    async def sync_products(self) -> None:
-        """Copy the counters of products changed since their last copy into MongoDB and Elasticsearch."""
+    async def sync_products(self, probe: bool = True) -> None:
+        """Copy the counters of products changed since their last copy into MongoDB and Elasticsearch.
+
+        Each copy is on its own: a store that is unavailable keeps its products dirty (copied again on the
+        next batch or tick) without holding up the other store, nor the counting in Redis — the ledger is
+        this projection's progress, the copies follow it."""
         product_ids = await self.redis.srandmember(self.prefix + DIRTY, self.sync_limit)
         if not product_ids:
             return
@@ -207,6 +218,39 @@ class SalesStats:
                 pipe.hmget(f"{self.prefix}product:{pid}", "purchase_count", "units_sold", "version")
             rows = await pipe.execute()
         figures = {pid: (int(c or 0), int(u or 0), int(v or 0)) for pid, (c, u, v) in zip(product_ids, rows)}
+        stored = await self._while_available("mongodb", lambda: self._copy_stats(figures), {}, probe)
+        missing: set[str] = set()
+        if self.es is not None:
+            counts = {pid: c for pid, (c, _, _) in figures.items()}
+            missing = await self._while_available("elasticsearch", lambda: self._copy_purchase_counts(counts),
+                                                  set(figures), probe)
+        done = [pid for pid in product_ids
+                if pid not in missing and stored.get(pid, {}).get("version", -1) >= figures[pid][2]]
+        if done:
+            await self._clean(keys=[f"{self.prefix}product:", self.prefix + DIRTY],
+                              args=[a for pid in done for a in (pid, figures[pid][2])])
+
+    async def _while_available(self, store: str, copy: Callable[[], Awaitable[T]], otherwise: T, probe: bool) -> T:
+        """The copy's result, or `otherwise` while `store` is unavailable (anything else is raised). A store
+        known to be away is only tried again when `probe` (the periodic tick), so batches never wait on it."""
+        if store in self.copies_waiting and not probe:
+            return otherwise
+        try:
+            result = await copy()
+        except Exception as exc:
+            if outage_store(exc) is None:
+                raise
+            if store not in self.copies_waiting:
+                log.warning("sales-stats: %s unavailable (%s); counting goes on, its copies wait", store, exc)
+                self.copies_waiting.add(store)
+            return otherwise
+        if store in self.copies_waiting:
+            log.warning("sales-stats: %s is back; copying the figures it missed", store)
+            self.copies_waiting.discard(store)
+        return result
+
+    async def _copy_stats(self, figures: dict[str, tuple[int, int, int]]) -> dict[str, dict[str, Any]]:
+        """Write product stats into MongoDB, each only over an older version; returns what MongoDB then holds."""
         # Conditional on `version`, so a slower worker never overwrites newer figures. Missing documents
         # are inserted (a concurrent insert of the same product loses with a duplicate key, harmlessly).
         existing = {d["_id"] async for d in self.db[self.stats].find({"_id": {"$in": list(figures)}}, {"_id": 1})}
@@ -221,13 +265,4 @@ class SalesStats:
             real = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
             if real:
                 raise
-        stored = await find_by_ids(self.db[self.stats], list(figures), {"version": 1})
-        if self.es is not None:
-            missing = await self._copy_purchase_counts({pid: c for pid, (c, _, _) in figures.items()})
-        else:
-            missing = set()
-        done = [pid for pid in product_ids
-                if pid not in missing and stored.get(pid, {}).get("version", -1) >= figures[pid][2]]
-        if done:
-            await self._clean(keys=[f"{self.prefix}product:", self.prefix + DIRTY],
-                              args=[a for pid in done for a in (pid, figures[pid][2])])
+        return await find_by_ids(self.db[self.stats], list(figures), {"version": 1})

@@ -101,14 +101,16 @@ def cmd_relay(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one projection's Faust worker until stopped."""
     from faust import Worker
-    from prometheus_client import start_http_server
 
+    from agents.outages import StoreHealth
+    from agents.probes import serve_probes
     from app.worker import create_worker_app
 
     settings = get_settings()
+    health = StoreHealth(args.projection)
     if args.metrics_port:
-        start_http_server(args.metrics_port, addr=args.host)
-    app = create_worker_app(args.projection, settings)
+        serve_probes(health, args.metrics_port, args.host)
+    app = create_worker_app(args.projection, settings, health)
     worker = Worker(app, loglevel=args.log_level.upper(), quiet=True)
     # Faust's startup spinner sets the root logger to DEBUG for good (at WARNING and above), so every debug
     # call of aiokafka, pymongo and Faust would build a log record only to drop it: no spinner, no DEBUG.
@@ -201,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--log-level", default="warning", choices=["error", "warning", "info", "debug"])
         if name in ("relay", "worker"):
             p.add_argument("--host", default="127.0.0.1")
-            p.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on this port (0: off)")
+            p.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on this port (a worker also /healthz and /readyz; 0: off)")
         if name in SERVER_DEFAULTS:
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=SERVER_DEFAULTS[name])

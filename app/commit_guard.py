@@ -23,7 +23,9 @@ from faust.types import TP
 
 from agents.dead_letters import SourceRecord
 from agents.metrics import EVENTS, REREADS
+from agents.engine import RetryPolicy
 from agents.offsets import SourceOffsets, TopicPartitionKey
+from agents.outages import StoreHealth
 from app.settings import Settings
 from connectors import kafka
 
@@ -33,8 +35,11 @@ EXIT_UNPROCESSED = 75  # EX_TEMPFAIL: restart me
 
 
 class CommitGuard:
-    def __init__(self, app: faust.App, settings: Settings, projection: str, source_topics: Sequence[str]) -> None:
+    def __init__(self, app: faust.App, settings: Settings, projection: str, source_topics: Sequence[str],
+                 health: StoreHealth | None = None) -> None:
         self.app = app
+        self.health = health or StoreHealth(projection)
+        self.retry = RetryPolicy()
         self.settings = settings
         self.projection = projection
         self.group_id = app.conf.id
@@ -72,8 +77,8 @@ class CommitGuard:
             self.offsets.reset(generation)
             self._seeks.clear()
         unknown = self.offsets.unknown(records)
-        if unknown:
-            await self._start(unknown)
+        if unknown:  # Kafka restarting is an outage: waited out like a sink's
+            await self.retry.run(f"{self.projection}: committed offsets", self._start, unknown, health=self.health)
         admission = self.offsets.admit(records)
         if admission.redelivered:
             EVENTS.labels(self.projection, "redelivered").inc(admission.redelivered)
@@ -105,7 +110,12 @@ class CommitGuard:
         now = time.monotonic()
         if last is not None and last[0] == offset and now - last[1] < RESEEK_AFTER_S:
             return
-        earliest = (await asyncio.to_thread(kafka.earliest_offsets, self.settings, [tp], admin=self.admin)).get(tp, 0)
+        try:
+            earliest = (await asyncio.to_thread(kafka.earliest_offsets, self.settings, [tp],
+                                                admin=self.admin)).get(tp, 0)
+        except Exception as exc:  # e.g. Kafka restarting: the next batch or liveness check tries again
+            log.warning("%s: cannot re-read %s[%d] yet: %s", self.projection, *tp, exc)
+            return
         if earliest > offset:
             log.error("%s: offsets %d..%d of %s[%d] were deleted by retention before they were processed",
                       self.projection, offset, earliest - 1, *tp)
@@ -129,6 +139,9 @@ class CommitGuard:
         the consumer underneath to about twice `worker_stall_s`."""
         now = time.monotonic()
         stall = self.settings.worker_stall_s
+        if self.health.down:  # waiting for a store with its partitions paused: not a stall
+            self._last_batch, self._stalled_since = now, None
+            return
         if now - self._last_batch < stall:
             return
         assigned = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment()

@@ -8,6 +8,8 @@ version of its read model that serves (waiting while a rebuild's switch fence ho
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import faust
@@ -21,12 +23,13 @@ from agents.dead_letters import DeadLetters, SourceRecord
 from agents.engine import BatchProcessor, Projection
 from agents.gate import SequenceGate
 from agents.metrics import OFFSET_LAG, READY
+from agents.outages import StoreHealth, outage_store
 from agents.order_views import OrderViews, ensure_order_indexes
 from agents.product_search import ProductSearch, ensure_products_index
 from agents.sales_stats import SalesStats
 from app.commit_guard import CommitGuard, exit_unprocessed
 from app.projections import PROJECTIONS, consumer_group, source_topics
-from app.read_model_versions import current, wait_unfenced
+from app.read_model_versions import ServingRecord, current, wait_unfenced
 from app.read_models import READ_MODEL_VERSIONS
 from app.settings import Settings
 from app.setup import prepare_event_codecs
@@ -64,10 +67,45 @@ async def build_projection(name: str, settings: Settings) -> tuple[Projection, l
     raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
 
 
-async def follow_serving(projection, versions) -> None:
-    """Point the projection at the version of its read model that serves now, waiting while a rebuild's
-    switch fence holds its live writes."""
-    await projection.target_serving(await wait_unfenced(versions, projection.name))
+class ServingFollower:
+    """Points the projection at the version of its read model that serves now, waiting while a rebuild's
+    switch fence holds its live writes.
+
+    The pointer lives in MongoDB. While MongoDB cannot be asked, the projection keeps the version it last
+    read, as long as that showed no rebuild in progress: a switch fence is only ever set during a rebuild,
+    and written to MongoDB, so it cannot appear unseen while the store is away. A projection that does not
+    write MongoDB (product-search; sales-stats counting in Redis) therefore keeps going through a MongoDB
+    outage. With a rebuild in progress, the worker waits for the pointer instead (an outage, retried)."""
+
+    RETRY_POINTER_S = 5.0
+
+    def __init__(self, projection: Projection, versions, clock=time.monotonic) -> None:
+        self.projection = projection
+        self.versions = versions
+        self.clock = clock
+        self.last: ServingRecord | None = None
+        self._unreadable_since: float | None = None
+
+    async def follow(self) -> None:
+        await self.projection.target_serving(await self._record())
+
+    async def _record(self) -> ServingRecord:
+        usable = self.last is not None and self.last.building is None
+        if usable and self._unreadable_since is not None and \
+                self.clock() - self._unreadable_since < self.RETRY_POINTER_S:
+            return self.last
+        try:
+            self.last = await wait_unfenced(self.versions, self.projection.name)
+        except Exception as exc:
+            if not usable or outage_store(exc) is None:
+                raise
+            if self._unreadable_since is None:
+                log.warning("%s: serving version unreadable (%s); keeping version %d while no rebuild runs",
+                            self.projection.name, exc, self.last.serving)
+            self._unreadable_since = self.clock()
+            return self.last
+        self._unreadable_since = None
+        return self.last
 
 
 def source_record(event: faust.EventT) -> SourceRecord:
@@ -96,7 +134,15 @@ def report_offset_lag(app: faust.App, name: str, records: list[SourceRecord], re
             reported.add(tp)
 
 
-def create_worker_app(name: str, settings: Settings) -> faust.App:
+def pause_sources(app: faust.App, sources: Sequence[str], pause: bool) -> None:
+    """Stop (or resume) fetching the source partitions this worker owns; the assignment stays."""
+    owned = [tp for tp in app.consumer.assignment() if tp.topic in sources]
+    (app.consumer.pause_partitions if pause else app.consumer.resume_partitions)(owned)
+
+
+def create_worker_app(name: str, settings: Settings, health: StoreHealth | None = None) -> faust.App:
+    """The Faust app of one projection. `health` (served on the worker's /readyz) learns when the worker
+    has restored its tables and which stores it is waiting for."""
     if name not in PROJECTIONS:
         raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
     Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
@@ -120,7 +166,10 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
     sources = source_topics(name, settings.topic_prefix)
     topic = app.topic(*sources, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     state: dict = {}
-    guard = CommitGuard(app, settings, name, sources)
+    health = health or StoreHealth(name)
+    health.on_down = lambda: pause_sources(app, sources, True)
+    health.on_up = lambda: pause_sources(app, sources, False)
+    guard = CommitGuard(app, settings, name, sources, health)
     lag_reported: set[TP] = set()
 
     @app.agent(topic, name=name, concurrency=1)
@@ -130,7 +179,8 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
             versions = state["versions"] = db[READ_MODEL_VERSIONS]
             codecs = prepare_event_codecs(settings)
             processor = BatchProcessor(projection, codecs, progress, DeadLetters(settings, name),
-                                       SequenceGate(settings.gap_hold_seconds))
+                                       SequenceGate(settings.gap_hold_seconds), health=health)
+            follower = state["follower"] = ServingFollower(projection, versions)
             state["processor"], state["closers"] = processor, closers
             guard.held_floor = lambda: processor.held_floor
             guard.install()
@@ -138,7 +188,7 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
                                                    within=settings.projection_batch_wait_s):
                 records = await guard.admit([source_record(e) for e in events])
                 if records:
-                    await follow_serving(projection, versions)
+                    await processor.retry.run(f"{name}: serving version", follower.follow, health=health)
                     await processor.process(records)
                     guard.done(records)
                     report_offset_lag(app, name, records, lag_reported)
@@ -149,6 +199,7 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
     async def ready() -> None:
         """Faust runs app tasks once its tables are restored from their changelogs."""
         READY.labels(name).set(1)
+        health.started = True
 
     @app.timer(interval=settings.projection_tick_s)
     async def tick() -> None:
@@ -163,10 +214,10 @@ def create_worker_app(name: str, settings: Settings) -> faust.App:
         upkeep = getattr(processor.projection, "tick", None) if processor else None
         if upkeep is not None:
             try:
-                await follow_serving(processor.projection, state["versions"])
+                await state["follower"].follow()
                 await upkeep()
             except Exception as exc:  # upkeep retries on the next tick
-                log.warning("%s upkeep failed: %s", name, exc)
+                (log.info if outage_store(exc) else log.warning)("%s upkeep failed: %s", name, exc)
 
     @app.on_before_shutdown.connect
     async def close(app_, **kwargs) -> None:  # noqa: ARG001 - signal signature
