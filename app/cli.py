@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--log-level", default="warning", choices=["error", "warning", "info", "debug"])
         if name in ("relay", "worker"):
             p.add_argument("--host", default="127.0.0.1")
-            p.add_argument("--metrics-port", type=int, default=0, help="serve /metrics on this port (a worker also /healthz and /readyz; 0: off)")
+            p.add_argument("--metrics-port", type=int, default=0,
+                           help="serve /metrics on this port (a worker also /healthz and /readyz; 0: off)")
         if name in SERVER_DEFAULTS:
             p.add_argument("--host", default="127.0.0.1")
             p.add_argument("--port", type=int, default=SERVER_DEFAULTS[name])

@@ -354,3 +354,13 @@ def test_every_container_command_parses_with_the_cqrs_cli(docs):
             assert c["command"][0] == "cqrs", c["command"]
             args = parser.parse_args(c["command"][1:])  # exits (SystemExit) on an unknown flag or projection
             assert getattr(args, "host", "0.0.0.0") == "0.0.0.0", f"{w['metadata']['name']}: binds loopback only"
+
+
+@pytest.mark.parametrize("projection", ["order-views", "product-search", "sales-stats"])
+def test_workers_probe_liveness_and_readiness_on_their_metrics_port(docs, projection):
+    """Readiness follows the worker's store health (503 while it waits out an outage); liveness only
+    asks whether the process serves, so an outage never restarts a worker."""
+    pod = by_name(docs, "StatefulSet", f"cqrs-worker-{projection}")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
