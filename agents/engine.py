@@ -9,10 +9,12 @@ Guarantees, under at-least-once delivery:
   write succeeded, so a redelivered or replayed event is skipped, never applied twice.
 - Ordered: per aggregate, events are applied strictly in sequence; gaps are held (bounded), then
   dead-lettered, never applied out of order.
+- Complete: a stored sequence ahead of the progress tables marks a write that may have died halfway
+  through the projection's documents or stores; that aggregate's stored state is written again, whole.
 - Nothing silently lost: undecodable events, projector failures, documents a sink rejects and
-  expired gaps go to the dead-letter topic, and processing continues. A sink that stays unreachable
-  past the bounded retries raises SinkFailed out of `process`: the worker stops without marking the
-  batch processed, and it is read again after the restart.
+  expired gaps go to the dead-letter topic, and processing continues. A store outage is waited out
+  (RetryPolicy, StoreHealth); any other failure past its bounded retries raises SinkFailed out of
+  `process`: the worker stops without marking the batch processed, and it is read again after the restart.
 """
 from __future__ import annotations
 
