@@ -18,16 +18,23 @@ Building rows, totals and output is pure (`build_row`, `totals`, `seek_rounds`, 
 call is bounded by ``connect_timeout_s``; reading the oldest unprocessed records takes one bounded round
 per distinct offset wanted of a partition (two at most today: order-views and sales-stats share
 order-events), so a refresh never hangs.
+
+Unreachable or slow. When no broker answers the metadata request (connection refused, nothing
+answering), Kafka is *unreachable*: said at once, exit 2. When the cluster answered metadata but a
+later request (offsets, a group's committed offsets) timed out or failed retriably, Kafka is up but
+*slow* (connectors.kafka `after_metadata` → `KafkaSlow`): the command tries again (`retry_slow`: at
+most 3 tries, none started later than 3 × connect_timeout_s after the first), then says
+`kafka slow: … after N attempts`, exit 3.
 """
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import json
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TextIO
@@ -37,10 +44,13 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from app.settings import Settings
 from app.projections import PROJECTIONS, consumer_group, source_topics
 from connectors import ServiceUnavailable, kafka, registry
+from connectors.kafka import KafkaSlow, after_metadata, retry_slow
 from schemas.codec import DecodeError, EventCodec, register_codecs
 
 DEFAULT_WATCH_S = 2.0
 CLEAR_SCREEN = "\033[H\033[2J"
+EXIT_CANNOT_ANSWER = 2  # invalid request, missing topics, Kafka or the schema registry unreachable
+EXIT_SLOW = 3  # Kafka answered metadata, but a later request not in time, on every try
 
 
 class LagError(RuntimeError):
@@ -189,22 +199,32 @@ class LagReader:
     def collect(self, projections: Iterable[str], now: Callable[[], datetime] | None = None,
                 group_suffix: str | None = None) -> list[LagRow]:
         """Every (projection, partition) row of the groups with `group_suffix` (default: the reader's);
-        raises ServiceUnavailable when Kafka or the registry does not answer within the connect timeout,
-        LagError when a source topic does not exist."""
+        raises ServiceUnavailable when Kafka (no metadata) or the registry does not answer within the
+        connect timeout, KafkaSlow when Kafka answered metadata but not a later request, LagError when a
+        source topic does not exist. One try: `retry_slow` tries again."""
         projections = tuple(projections)
         suffix = self.group_suffix if group_suffix is None else group_suffix
+        topics = {t for p in projections for t in source_topics(p, self.settings.topic_prefix)}
         try:
-            topics = {t for p in projections for t in source_topics(p, self.settings.topic_prefix)}
             partitions = self._partitions(topics)
-            offsets = self._offsets(projections, partitions, suffix)
-            behind = {(o.topic, o.partition, o.next_offset) for per in offsets.values() for o in per if o.behind}
-            occurred = self._oldest_unprocessed(behind)
-        except (KafkaException, concurrent.futures.TimeoutError) as exc:
+        except KafkaException as exc:  # no broker answered metadata
             raise kafka.unavailable(self.settings, exc) from None
+        offsets = self._offsets(projections, partitions, suffix)
+        behind = {(o.topic, o.partition, o.next_offset) for per in offsets.values() for o in per if o.behind}
+        with self._request("reading the oldest unprocessed records"):
+            occurred = self._oldest_unprocessed(behind)
         at = now() if now else datetime.now(timezone.utc)
         return [build_row(p, consumer_group(p, suffix), o,
                           occurred.get((o.topic, o.partition, o.next_offset)), at)
                 for p in projections for o in offsets[p]]
+
+    @contextmanager
+    def _request(self, request: str) -> Iterator[None]:
+        """A request made once the cluster answered metadata: its failure is classified (after_metadata)."""
+        try:
+            yield
+        except (KafkaException, TimeoutError) as exc:
+            raise after_metadata(self.settings, request, exc) from None
 
     def _partitions(self, topics: set[str]) -> dict[str, list[int]]:
         meta = self.admin.list_topics(timeout=self.settings.connect_timeout_s)
@@ -217,13 +237,16 @@ class LagReader:
                  suffix: str) -> dict[str, list[PartitionOffsets]]:
         timeout = self.settings.connect_timeout_s
         tps = [(t, p) for t, ps in sorted(partitions.items()) for p in ps]
-        earliest = kafka.earliest_offsets(self.settings, tps, timeout, self.admin)
-        end = kafka.end_offsets(self.settings, tps, timeout, self.admin)
+        with self._request("listing earliest offsets"):
+            earliest = kafka.earliest_offsets(self.settings, tps, timeout, self.admin)
+        with self._request("listing end offsets"):
+            end = kafka.end_offsets(self.settings, tps, timeout, self.admin)
         result = {}
         for projection in projections:
             own = [(t, p) for t in source_topics(projection, self.settings.topic_prefix) for p in partitions[t]]
-            committed = kafka.committed_offsets(self.settings, consumer_group(projection, suffix), own, timeout,
-                                                self.admin)
+            group = consumer_group(projection, suffix)
+            with self._request(f"reading the committed offsets of {group}"):
+                committed = kafka.committed_offsets(self.settings, group, own, timeout, self.admin)
             result[projection] = [PartitionOffsets(t, p, committed.get((t, p)), earliest[(t, p)], end[(t, p)])
                                   for t, p in own]
         return result
@@ -307,19 +330,23 @@ def run(args: argparse.Namespace, settings: Settings, out: TextIO = sys.stdout) 
         raise LagError("--watch needs a positive number of seconds")
     suffix = settings.projection_group_suffix if args.group_suffix is None else args.group_suffix
     reader = LagReader(settings, suffix)
+
+    def collect() -> list[LagRow]:
+        return retry_slow(lambda: reader.collect(projections), settings.connect_timeout_s)
+
     if args.watch is None:
-        print(render(reader.collect(projections), args.json), file=out)
+        print(render(collect(), args.json), file=out)
         return 0
-    return _watch(reader, projections, args.watch, args.json, out)
+    return _watch(collect, args.watch, args.json, out)
 
 
-def _watch(reader: LagReader, projections: tuple[str, ...], interval: float, as_json: bool, out: TextIO) -> int:
+def _watch(collect: Callable[[], list[LagRow]], interval: float, as_json: bool, out: TextIO) -> int:
     clear = out.isatty() and not as_json
     first = True
     try:
         while True:
             try:
-                text = render(reader.collect(projections), as_json)
+                text = render(collect(), as_json)
             except (ServiceUnavailable, LagError) as exc:
                 if first:
                     raise
@@ -340,9 +367,14 @@ def _watch(reader: LagReader, projections: tuple[str, ...], interval: float, as_
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
-    """The `cqrs lag` entry point: LagError and unreachable services end with one line on stderr, exit 2."""
+    """The `cqrs lag` entry point: a failure ends with one line on stderr and exit 3 when Kafka is only
+    slow (try later), 2 when the command cannot answer (bad request, missing topics, unreachable)."""
     try:
         return run(args, settings)
     except (LagError, ServiceUnavailable) as exc:
         print(f"cqrs lag: {exc}", file=sys.stderr)
-        return 2
+        return exit_code(exc)
+
+
+def exit_code(exc: LagError | ServiceUnavailable) -> int:
+    return EXIT_SLOW if isinstance(exc, KafkaSlow) else EXIT_CANNOT_ANSWER

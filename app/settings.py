@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     es_products_alias: str = Field(PRODUCTS_ALIAS, min_length=1, max_length=255,
                                    description="The Elasticsearch alias the query API searches for products.")
     query_timeout_s: float = Field(5.0, gt=0, le=60,
-                                   description="Upper bound for one read-store request made by the query API.")
+                                   description="Time budget of one query API request across all its store calls.")
 
     projection_batch_size: int = Field(1000, ge=1, le=50_000, description="Events per projection batch (take n).")
     projection_batch_wait_s: float = Field(0.25, gt=0, le=30, description="Longest wait to fill a batch.")

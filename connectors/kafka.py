@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from app.settings import Settings
@@ -16,6 +17,11 @@ SERVICE = "kafka"
 _quiet = logging.getLogger("librdkafka")
 _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
+SLOW_ATTEMPTS = 3
+SLOW_WINDOW = 3.0  # × connect_timeout_s: no new try starts later than this after the first
+SLOW_PAUSE_S = 0.25  # before the second try; twice that before the third
+_TIMEOUTS = frozenset({KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT})
+T = TypeVar("T")
 
 
 def base_config(settings: Settings) -> dict[str, Any]:
@@ -35,6 +41,60 @@ def unavailable(settings: Settings, exc: BaseException) -> ServiceUnavailable:
     """The one-line ServiceUnavailable for a Kafka error or a request that timed out."""
     reason = exc.args[0].str() if isinstance(exc, KafkaException) and exc.args else f"{type(exc).__name__}: {exc}"
     return ServiceUnavailable(SERVICE, settings.kafka_bootstrap_servers, reason or "timed out")
+
+
+# ---- unreachable or slow --------------------------------------------------------------------------
+# No broker answering metadata means unreachable: `unavailable`. Once the cluster has answered
+# metadata, a request that times out means a busy cluster, worth another try: `KafkaSlow`.
+
+class KafkaSlow(ServiceUnavailable):
+    """The cluster answered metadata, but a later request timed out or failed retriably: up but busy,
+    worth another try. A ServiceUnavailable, so callers that only need "no answer" (the live
+    dashboard's 503) treat it like one."""
+
+    def __init__(self, address: str, reason: str, attempts: int = 1, elapsed_s: float | None = None) -> None:
+        super().__init__(SERVICE, address, reason)
+        self.attempts = attempts
+        self.elapsed_s = elapsed_s
+
+    def __str__(self) -> str:
+        took = "" if self.elapsed_s is None else f" in {self.elapsed_s:.1f}s"
+        tries = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
+        return f"kafka slow: {self.reason} after {tries}{took} ({self.address} answered metadata)"
+
+    def after(self, attempts: int, elapsed_s: float) -> KafkaSlow:
+        return KafkaSlow(self.address, self.reason, attempts, elapsed_s)
+
+
+def after_metadata(settings: Settings, request: str, exc: BaseException) -> ServiceUnavailable:
+    """What a failed `request`, made once the cluster had answered metadata, means: a timeout or an
+    error Kafka marks retriable (coordinator loading or moving, leader election) is KafkaSlow; anything
+    else, Kafka unreachable."""
+    if isinstance(exc, TimeoutError):  # a future's result(timeout) (concurrent.futures.TimeoutError)
+        return KafkaSlow(settings.kafka_bootstrap_servers, f"{request} timed out")
+    error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    if isinstance(error, KafkaError) and (error.code() in _TIMEOUTS or error.retriable()):
+        reason = f"{request} timed out" if error.code() in _TIMEOUTS else f"{request}: {error.str()}"
+        return KafkaSlow(settings.kafka_bootstrap_servers, reason)
+    return unavailable(settings, exc)
+
+
+def retry_slow(attempt: Callable[[], T], connect_timeout_s: float, *, attempts: int = SLOW_ATTEMPTS,
+               clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> T:
+    """`attempt()`, tried again while Kafka is only slow: at most `attempts` tries, none started later
+    than SLOW_WINDOW × `connect_timeout_s` after the first. Anything else (unreachable, missing topics)
+    is raised at once; the final KafkaSlow says how many tries it took."""
+    start = clock()
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            return attempt()
+        except KafkaSlow as exc:
+            elapsed, pause = clock() - start, SLOW_PAUSE_S * tries
+            if tries >= attempts or elapsed + pause > SLOW_WINDOW * connect_timeout_s:
+                raise exc.after(tries, elapsed) from None
+            sleep(pause)
 
 
 def check(settings: Settings) -> ServiceInfo:

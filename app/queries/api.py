@@ -1,10 +1,12 @@
 """The HTTP query API. It reads the read models the projections maintain (app/read_models.py): order
 views and customer histories in MongoDB, the product index in Elasticsearch, sales counters in Redis.
 Hot reads are cached in Redis (app/queries/cache.py). An order its projection has not written yet is
-read from the write model and marked `"freshness": "stale"`."""
+read from the write model and marked `"freshness": "stale"`. Every store call of a request shares one
+time budget, QUERY_TIMEOUT_S (app/queries/stores.py `Deadline`): a store that is down or hangs
+answers 503 naming it within that budget, and only the queries needing that store are affected; the
+cache is bypassed rather than waited for."""
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import re
@@ -12,17 +14,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import psycopg
-from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
-from fastapi import APIRouter, FastAPI, Path, Query, Request
+from elasticsearch import ApiError, NotFoundError, TransportError
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter, Histogram
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 from pydantic import BaseModel, Field
-from pymongo import AsyncMongoClient
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
@@ -31,19 +32,19 @@ from app.http.errors import error_body
 from app.http.metrics import LATENCY_BUCKETS
 from app.http.service import service_app
 from app.queries import dashboard, reads
-from app.queries.cache import Lookup, QueryCache
-from app.read_model_versions import ServingCache
-from app.read_models import OrderCollections, sales_day_key
+from app.queries.cache import Lookup
+from app.queries.stores import Deadline, StoreUnavailable, Stores, request_deadline, stores
+from app.read_models import sales_day_key
 from app.settings import Settings, get_settings
-from connectors.redis import async_redis_client
 from domain.errors import InvalidCommand, NotFound
 
 log = logging.getLogger(__name__)
 
 QUERY_LATENCY = Histogram("query_duration_seconds", "Query handling time by query and HTTP status",
                           ["query", "outcome"], buckets=LATENCY_BUCKETS)
-CACHE_LOOKUPS = Counter("query_cache", "Query cache lookups by query and result (hit, miss, error)",
-                        ["query", "result"])
+CACHE_LOOKUPS = Counter("query_cache", "Query cache lookups by query and result (hit, miss, error: failed or "
+                        "no answer in time; bypass: skipped after a recent failure)", ["query", "result"])
+T = TypeVar("T")
 
 ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 DAY_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -51,6 +52,7 @@ OrderId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN, d
 CustomerId = Annotated[str, Path(min_length=1, max_length=64, pattern=ID_PATTERN, description="Customer id")]
 PageNo = Annotated[int, Query(ge=1, le=reads.MAX_RESULT_WINDOW, description="1-based page number")]
 PageSize = Annotated[int, Query(ge=1, le=100, description="Results per page (1-100)")]
+RequestDeadline = Annotated[Deadline, Depends(request_deadline)]
 JSON = "application/json"
 
 
@@ -160,62 +162,6 @@ NOT_FOUND = {404: {"model": Error}}
 
 # ---- wiring ---------------------------------------------------------------------------------------
 
-class Stores:
-    """The clients one query API process shares between requests."""
-
-    def __init__(self, settings: Settings) -> None:
-        timeout_ms = int(settings.connect_timeout_s * 1000)
-        self.mongo = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=timeout_ms,
-                                      connectTimeoutMS=timeout_ms, socketTimeoutMS=int(settings.query_timeout_s * 1000),
-                                      retryWrites=False, tz_aware=True)
-        self.db = self.mongo[settings.mongo_database]
-        self.es = AsyncElasticsearch(settings.elasticsearch_url, request_timeout=settings.query_timeout_s,
-                                     max_retries=1, retry_on_timeout=False)
-        self.redis = async_redis_client(settings)
-        self.cache = QueryCache(self.redis)
-        self.pool = AsyncConnectionPool(settings.write_db_url, min_size=1, max_size=settings.db_pool_max,
-                                        open=False, timeout=settings.query_timeout_s,
-                                        kwargs={"autocommit": True,
-                                                "connect_timeout": max(1, int(settings.connect_timeout_s))})
-        self.products_alias = settings.es_products_alias
-        self.serving = ServingCache(self.db)
-
-    async def order_collections(self) -> OrderCollections:
-        """The collections of the order-views version serving now (it changes when a rebuild switches)."""
-        return (await self.serving.get("order-views")).order_collections
-
-    async def open(self) -> None:
-        # Not waiting for PostgreSQL: the read models can be served while the write model is away;
-        # /readyz reports each store.
-        await self.pool.open(wait=False)
-
-    async def close(self) -> None:
-        for closing in (self.pool.close(), self.es.close(), self.redis.aclose(), self.mongo.close()):
-            with contextlib.suppress(Exception):
-                await closing
-
-    async def checks(self, timeout: float = 2.0) -> dict[str, str]:
-        async def postgres() -> None:
-            async with self.pool.connection(timeout=timeout) as conn:
-                await conn.execute("select 1")
-
-        async def elasticsearch() -> None:
-            if not await self.es.options(request_timeout=timeout).ping():
-                raise ConnectionError("no answer")
-
-        probes: dict[str, Awaitable[Any]] = {"mongodb": self.db.command("ping"), "elasticsearch": elasticsearch(),
-                                             "redis": self.redis.ping(), "postgresql": postgres()}
-        results = await asyncio.gather(*(asyncio.wait_for(p, timeout) for p in probes.values()),
-                                       return_exceptions=True)
-        return {name: "ok" if not isinstance(r, BaseException) else
-                (f"{type(r).__name__}: {r}".splitlines()[0][:200] if str(r) else type(r).__name__)
-                for name, r in zip(probes, results)}
-
-
-def stores(request: Request) -> Stores:
-    return request.app.state.stores
-
-
 def json_response(body: bytes | str, status_code: int = 200, cache: str | None = None) -> Response:
     return Response(body, status_code=status_code, media_type=JSON, headers={"X-Cache": cache} if cache else None)
 
@@ -224,29 +170,18 @@ def dumps(body: Any) -> bytes:
     return orjson.dumps(body)
 
 
-async def cache_lookup(query: str, lookup: Awaitable[Lookup]) -> Lookup | None:
-    """A cache lookup that never fails the request: Redis trouble counts as an error and reads through."""
-    try:
-        found = await lookup
-    except RedisError as exc:
-        log.warning("query cache unavailable: %s", exc)
-        CACHE_LOOKUPS.labels(query, "error").inc()
+async def cache_call(s: Stores, deadline: Deadline, call: Callable[[], Awaitable[T]]) -> T | None:
+    """One cache call, within the cache's share of the budget; None when the cache is bypassed or fails.
+    A failure (an error, or no answer in time) bypasses the cache for a while: reads never fail for it."""
+    if not s.cache_guard.usable() or deadline.remaining() <= 0:
         return None
-    CACHE_LOOKUPS.labels(query, "hit" if found.hit else "miss").inc()
-    return found
-
-
-async def cache_settle(cache: QueryCache, lookup: Lookup | None, value: bytes | None) -> None:
-    """Fill a miss with `value`, or give its lease back when there is nothing to cache."""
-    if lookup is None or lookup.hit:
-        return
     try:
-        if value is None:
-            await cache.release(lookup)
-        else:
-            await cache.fill(lookup, value.decode())
-    except RedisError as exc:
-        log.warning("query cache unavailable: %s", exc)
+        async with deadline.within("redis", deadline.cache_limit()):
+            return await call()
+    except (RedisError, StoreUnavailable) as exc:
+        log.warning("query cache bypassed for %gs: %s: %s", s.cache_guard.bypass_s, type(exc).__name__, exc)
+        s.cache_guard.failed()
+        return None
 
 
 # ---- queries --------------------------------------------------------------------------------------
@@ -254,34 +189,45 @@ async def cache_settle(cache: QueryCache, lookup: Lookup | None, value: bytes | 
 router = APIRouter(prefix="/api")
 
 
-async def read_through(query: str, cache: QueryCache, key: Awaitable[Lookup],
+async def read_through(query: str, s: Stores, deadline: Deadline, key: Callable[[], Awaitable[Lookup]],
                        read: Callable[[], Awaitable[bytes | None]]) -> Response | None:
     """Serve a cache hit, or run `read` and cache its body; None when `read` found nothing (the caller
-    then falls back, and nothing is cached)."""
-    lookup = await cache_lookup(query, key)
+    then falls back, and nothing is cached). Without the cache, `read` answers (`X-Cache: bypass`)."""
+    usable = s.cache_guard.usable()
+    lookup = await cache_call(s, deadline, key)
+    if lookup is not None:
+        CACHE_LOOKUPS.labels(query, "hit" if lookup.hit else "miss").inc()
+    else:
+        CACHE_LOOKUPS.labels(query, "error" if usable else "bypass").inc()
     if lookup is not None and lookup.hit:
         return json_response(lookup.value, cache="hit")
     body: bytes | None = None
     try:
         body = await read()
     finally:
-        await cache_settle(cache, lookup, body)
-    return json_response(body, cache="miss") if body is not None else None
+        if lookup is not None:  # fill the miss, or give its lease back when there is nothing to cache
+            await cache_call(s, deadline, (lambda: s.cache.release(lookup)) if body is None else
+                             (lambda: s.cache.fill(lookup, body.decode())))
+    if body is None:
+        return None
+    return json_response(body, cache="miss" if lookup is not None else "bypass")
 
 
 @router.get("/orders/{order_id}", name="GetOrder", response_model=OrderView, responses={**NOT_FOUND, **ERRORS},
             summary="One order, from its view or (while the projection lags) from the write model")
-async def get_order(order_id: OrderId, request: Request) -> Response:
+async def get_order(order_id: OrderId, request: Request, deadline: RequestDeadline) -> Response:
     s = stores(request)
 
     async def fresh() -> bytes | None:
-        doc = await s.db[(await s.order_collections()).views].find_one({"_id": order_id})
+        views = (await s.serving_record("order-views", deadline)).order_collections.views
+        async with deadline.mongodb():
+            doc = await s.db[views].find_one({"_id": order_id})
         return dumps(reads.order_body(doc, reads.FRESH)) if doc is not None else None
 
-    served = await read_through("GetOrder", s.cache, s.cache.order(order_id), fresh)
+    served = await read_through("GetOrder", s, deadline, lambda: s.cache.order(order_id), fresh)
     if served is not None:
         return served
-    async with s.pool.connection() as conn:
+    async with deadline.within("postgresql") as seconds, s.pool.connection(timeout=seconds) as conn:
         snapshot = await store.order_snapshot(conn, order_id)
     if snapshot is None:
         raise NotFound(f"order {order_id} not found", code="order_not_found", field="order_id")
@@ -290,18 +236,21 @@ async def get_order(order_id: OrderId, request: Request) -> Response:
 
 @router.get("/customers/{customer_id}/orders", name="CustomerOrders", response_model=CustomerOrders,
             responses={**NOT_FOUND, **ERRORS}, summary="A customer's orders, newest first, paginated")
-async def customer_orders(customer_id: CustomerId, request: Request, page: PageNo = 1, size: PageSize = 20) -> Response:
+async def customer_orders(customer_id: CustomerId, request: Request, deadline: RequestDeadline, page: PageNo = 1,
+                          size: PageSize = 20) -> Response:
     s = stores(request)
 
     async def history() -> bytes | None:
-        collection = s.db[(await s.order_collections()).history]
-        entries = await collection.find({"customer_id": customer_id}, {"_id": 0}).to_list(None)
+        collection = s.db[(await s.serving_record("order-views", deadline)).order_collections.history]
+        async with deadline.mongodb():
+            entries = await collection.find({"customer_id": customer_id}, {"_id": 0}).to_list(None)
         return dumps(reads.history_page(customer_id, entries, page, size)) if entries else None
 
-    served = await read_through("CustomerOrders", s.cache, s.cache.customer_page(customer_id, page, size), history)
+    served = await read_through("CustomerOrders", s, deadline, lambda: s.cache.customer_page(customer_id, page, size),
+                                history)
     if served is not None:
         return served
-    async with s.pool.connection() as conn:
+    async with deadline.within("postgresql") as seconds, s.pool.connection(timeout=seconds) as conn:
         customer = await store.load_customer(conn, customer_id)
     if customer is None:
         raise NotFound(f"customer {customer_id} not found", code="customer_not_found", field="customer_id")
@@ -311,7 +260,7 @@ async def customer_orders(customer_id: CustomerId, request: Request, page: PageN
 @router.get("/products/search", name="SearchProducts", response_model=SearchResults, responses=ERRORS,
             summary="Full-text product search with filters, sorting and pagination")
 async def search_products(
-        request: Request,
+        request: Request, deadline: RequestDeadline,
         q: Annotated[str | None, Query(max_length=200, description="Words to find in name, tags, description")] = None,
         category: Annotated[str | None, Query(max_length=100, description="Exact category")] = None,
         min_price: Annotated[Decimal | None, Query(ge=0, le=10**10)] = None,
@@ -330,7 +279,9 @@ async def search_products(
                                 in_stock=in_stock, sort=sort.value, page=page, size=size)
     try:
         # ignore_unavailable: before the first index exists the alias is missing -> no results, not an error
-        found = await s.es.search(index=s.products_alias, ignore_unavailable=True, from_=body.pop("from"), **body)
+        async with deadline.within("elasticsearch") as seconds:
+            found = await s.es.options(request_timeout=seconds).search(
+                index=s.products_alias, ignore_unavailable=True, from_=body.pop("from"), **body)
     except NotFoundError:
         return json_response(dumps(reads.empty_search(page, size)))
     return json_response(dumps(reads.search_body(found.body, page, size)))
@@ -339,11 +290,13 @@ async def search_products(
 @router.get("/dashboard/sales", name="SalesDashboard", response_model=SalesDay, responses=ERRORS,
             summary="A day's orders and revenue, in total and per UTC hour")
 async def sales_dashboard(
-        request: Request,
+        request: Request, deadline: RequestDeadline,
         day: Annotated[str | None, Query(description="YYYY-MM-DD (UTC); today if omitted")] = None) -> Response:
     when = parse_day(day) if day is not None else datetime.now(timezone.utc).date()
     s = stores(request)
-    counters = await s.redis.hgetall(sales_day_key(when.isoformat(), (await s.serving.get("sales-stats")).sales_prefix))
+    prefix = (await s.serving_record("sales-stats", deadline)).sales_prefix
+    async with deadline.within("redis"):  # the counters live in Redis: here it is the store, not a cache
+        counters = await s.redis.hgetall(sales_day_key(when.isoformat(), prefix))
     return json_response(dumps(reads.sales_body(when, counters)))
 
 
@@ -364,16 +317,25 @@ UNAVAILABLE: dict[type[BaseException], str] = {
 }
 
 
+def unavailable_response(service: str) -> JSONResponse:
+    return JSONResponse(error_body("service_unavailable", f"{service} is unavailable", service=service),
+                        status_code=503, headers={"Retry-After": "1"})
+
+
 def install_unavailable_handlers(app: FastAPI) -> None:
-    """A store that fails or times out answers 503 naming it, in the common error shape. (An
-    Elasticsearch 4xx other than 429 is a malformed request of ours: 500.)"""
+    """A store that fails or does not answer within the request's budget answers 503 naming it, in the
+    common error shape. (An Elasticsearch 4xx other than 429 is a malformed request of ours: 500.)"""
+    async def out_of_time(_: Request, exc: StoreUnavailable) -> JSONResponse:
+        log.warning("%s", exc)
+        return unavailable_response(exc.service)
+
+    app.add_exception_handler(StoreUnavailable, out_of_time)
     for exc_type, service in UNAVAILABLE.items():
         async def unavailable(_: Request, exc: Exception, service: str = service) -> JSONResponse:
             log.warning("%s failed: %s: %s", service, type(exc).__name__, exc)
             if isinstance(exc, ApiError) and 400 <= exc.meta.status < 500 and exc.meta.status != 429:
                 return JSONResponse(error_body("internal_error", f"{service} refused the query"), status_code=500)
-            return JSONResponse(error_body("service_unavailable", f"{service} is unavailable", service=service),
-                                status_code=503, headers={"Retry-After": "1"})
+            return unavailable_response(service)
 
         app.add_exception_handler(exc_type, unavailable)
 

@@ -21,11 +21,18 @@ serve it until the TTL. So a miss puts a lease (a unique token) where the value 
 same round trip as the lookup, and the value is stored only if the lease is still there
 (compare-and-set, one Lua script). A DEL in between removes the lease: the read is answered but not
 cached. A reader that finds someone else's lease reads through without caching.
+
+Failure. The cache is an optimisation, never a reason to fail a read: a lookup or fill that errs or
+does not answer in time (the query API bounds each by a share of the request's budget) is skipped,
+and `CacheGuard` then bypasses the cache for CACHE_BYPASS_S, so a cache that hangs costs one bounded
+wait per period instead of one per read. Bypassing is always safe: the read goes to the read model
+and nothing is stored. A lease left behind by a skipped release expires with its key.
 """
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +40,7 @@ from app.read_models import CACHE_TTL_S, customer_history_cache_key, order_cache
 
 LEASE_PREFIX = "lease:"
 LEASE_TTL_MS = 10_000  # a lease on an order key outlives any read it guards; hash leases die with the hash
+CACHE_BYPASS_S = 5.0
 
 
 def invalidate_order(redis: Any, order_id: str, customer_id: str | None = None) -> Awaitable[int] | int | Any:
@@ -156,3 +164,18 @@ def _lookup(key: str, field: str | None, found: str | None, lease: str) -> Looku
     if found.startswith(LEASE_PREFIX):  # another reader is filling it: read through, do not cache
         return Lookup(key, field)
     return Lookup(key, field, value=found)
+
+
+class CacheGuard:
+    """Whether to use the cache now: not for `bypass_s` after it last failed."""
+
+    def __init__(self, bypass_s: float = CACHE_BYPASS_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.bypass_s = bypass_s
+        self.clock = clock
+        self._until = float("-inf")
+
+    def usable(self) -> bool:
+        return self.clock() >= self._until
+
+    def failed(self) -> None:
+        self._until = self.clock() + self.bypass_s

@@ -1,6 +1,7 @@
 """`cqrs lag` against the real stack, on isolated topics: a group that committed nothing lags by every
 event of each partition and by a positive event time; a worker that caught up shows no lag at all;
-unknown projections and an unreachable Kafka end with one line and exit code 2."""
+unknown projections and an unreachable Kafka end with one line and exit code 2 — an unreachable Kafka
+without the retries a slow one gets (those are unit-tested in tests/unit/test_lag.py)."""
 from __future__ import annotations
 
 import json
@@ -24,6 +25,7 @@ from schemas import TOPICS
 from tests.conftest import ROOT
 from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, gateway_spawner,
                                 make_client)
+from tests.e2e.netfaults import faults
 
 CLI_TIMEOUT_S = 30.0
 PUBLISH_TIMEOUT_S = 60.0
@@ -198,6 +200,26 @@ def test_unreachable_kafka_fails_fast_with_one_line(isolated: dict):
     assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "kafka" in proc.stderr and "127.0.0.1:9" in proc.stderr
     assert elapsed < 10, f"took {elapsed:.1f}s"
+
+
+@pytest.mark.parametrize("broker", ["refusing", "silent"])
+def test_a_broker_that_never_answers_is_unreachable_at_once(broker: str):
+    """Nothing answers metadata: one line, exit 2, after one connect timeout — not retried like a slow
+    broker (three tries would take over three connect timeouts)."""
+    connect_timeout_s = 2.0
+    started = time.monotonic()
+    assert cqrs("lag", "--projection", "nope", env={}).returncode == 2  # no I/O: the start-up cost alone
+    startup = time.monotonic() - started
+    with faults() as net:
+        address = f"127.0.0.1:{net.refusing() if broker == 'refusing' else net.silent().port}"
+        started = time.monotonic()
+        proc = cqrs("lag", "--json", env={"KAFKA_BOOTSTRAP_SERVERS": address,
+                                          "CONNECT_TIMEOUT_S": str(connect_timeout_s)})
+        elapsed = time.monotonic() - started
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(f"cqrs lag: kafka unreachable at {address}: "), proc.stderr
+    assert elapsed < startup + 2 * connect_timeout_s, f"took {elapsed:.1f}s, start-up {startup:.1f}s"
 
 
 def test_missing_topics_are_one_line_and_exit_2(isolated: dict):

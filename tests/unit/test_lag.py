@@ -1,17 +1,23 @@
-"""The pure parts of `cqrs lag`: offset and event-time lag per partition, totals, seek rounds, output."""
+"""The pure parts of `cqrs lag`: offset and event-time lag per partition, totals, seek rounds, output,
+and telling an unreachable Kafka from a slow one (classification, bounded retries, exit codes)."""
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import io
 import json
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
-from app.lag import (LagError, PartitionOffsets, add_arguments, build_row, event_time_lag, format_table,
+from app.lag import (LagError, PartitionOffsets, add_arguments, build_row, event_time_lag, exit_code, format_table,
                      run, seek_rounds, select_projections, to_json, totals)
 from app.settings import Settings
 from app.projections import PROJECTIONS, consumer_group
+from connectors import ServiceUnavailable
+from connectors.kafka import KafkaSlow, after_metadata, retry_slow
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -137,3 +143,100 @@ def test_invalid_requests_fail_before_any_io():
         run(parse("--projection", "nope"), Settings(kafka_bootstrap_servers="127.0.0.1:9"), io.StringIO())
     with pytest.raises(LagError):
         run(parse("--watch", "0"), Settings(kafka_bootstrap_servers="127.0.0.1:9"), io.StringIO())
+
+
+# ---- unreachable or slow --------------------------------------------------------------------------
+
+KAFKA = Settings(kafka_bootstrap_servers="broker-1:9092")
+
+
+def kafka_error(code: int, **flags: bool) -> KafkaException:
+    return KafkaException(KafkaError(code, **flags))
+
+
+@pytest.mark.parametrize("exc", [TimeoutError(), concurrent.futures.TimeoutError(),
+                                 kafka_error(KafkaError._TIMED_OUT), kafka_error(KafkaError.REQUEST_TIMED_OUT)])
+def test_a_timeout_after_metadata_answered_is_slow(exc: BaseException):
+    failure = after_metadata(KAFKA, "listing end offsets", exc)
+    assert isinstance(failure, KafkaSlow) and failure.service == "kafka"
+    assert str(failure) == "kafka slow: listing end offsets timed out after 1 attempt (broker-1:9092 answered metadata)"
+
+
+def test_a_retriable_error_after_metadata_answered_is_slow():
+    failure = after_metadata(KAFKA, "reading the committed offsets of cqrs-order-views",
+                             kafka_error(KafkaError.COORDINATOR_LOAD_IN_PROGRESS, retriable=True))
+    assert isinstance(failure, KafkaSlow)
+    assert "cqrs-order-views: Broker: Coordinator load in progress" in str(failure)
+
+
+def test_any_other_failure_is_unreachable():
+    failure = after_metadata(KAFKA, "listing end offsets", kafka_error(KafkaError._TRANSPORT))
+    assert not isinstance(failure, KafkaSlow)
+    assert str(failure) == "kafka unreachable at broker-1:9092: Local: Broker transport failure"
+    assert exit_code(failure) == 2 and exit_code(LagError("missing topic(s) x")) == 2
+    assert exit_code(KafkaSlow("broker-1:9092", "x timed out")) == 3
+
+
+class Clock:
+    """Time that passes only when an attempt or a pause says so."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.pauses: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+
+
+def attempts_that(clock: Clock, outcomes: list[BaseException | str], each_s: float) -> tuple[list[int], Callable]:
+    calls: list[int] = []
+
+    def attempt() -> str:
+        calls.append(1)
+        clock.now += each_s
+        outcome = outcomes[len(calls) - 1]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    return calls, attempt
+
+
+def slow() -> KafkaSlow:
+    return KafkaSlow("broker-1:9092", "listing end offsets timed out")
+
+
+def test_a_slow_answer_is_tried_again_with_growing_pauses():
+    clock = Clock()
+    calls, attempt = attempts_that(clock, [slow(), slow(), "rows"], each_s=1.0)
+    assert retry_slow(attempt, 3.0, clock=lambda: clock.now, sleep=clock.sleep) == "rows"
+    assert len(calls) == 3 and clock.pauses == [0.25, 0.5]
+
+
+def test_still_slow_after_every_attempt_says_how_many_in_one_line():
+    clock = Clock()
+    calls, attempt = attempts_that(clock, [slow()] * 5, each_s=3.0)
+    with pytest.raises(KafkaSlow) as err:
+        retry_slow(attempt, 3.0, clock=lambda: clock.now, sleep=clock.sleep)
+    assert len(calls) == 3 and err.value.attempts == 3
+    assert str(err.value) == ("kafka slow: listing end offsets timed out after 3 attempts in 9.8s "
+                              "(broker-1:9092 answered metadata)")
+
+
+def test_no_try_starts_after_the_window_of_three_connect_timeouts():
+    clock = Clock()
+    calls, attempt = attempts_that(clock, [slow()] * 3, each_s=5.0)  # attempts slower than the timeout
+    with pytest.raises(KafkaSlow) as err:
+        retry_slow(attempt, 3.0, clock=lambda: clock.now, sleep=clock.sleep)
+    assert len(calls) == 2 and err.value.attempts == 2 and "after 2 attempts in 10.2s" in str(err.value)
+
+
+@pytest.mark.parametrize("failure", [ServiceUnavailable("kafka", "broker-1:9092", "Local: Broker transport failure"),
+                                     LagError("missing topic(s) order-events")])
+def test_unreachable_and_unanswerable_are_not_tried_again(failure: Exception):
+    clock = Clock()
+    calls, attempt = attempts_that(clock, [failure, "rows"], each_s=3.0)
+    with pytest.raises(type(failure)) as err:
+        retry_slow(attempt, 3.0, clock=lambda: clock.now, sleep=clock.sleep)
+    assert err.value is failure and len(calls) == 1 and clock.pauses == []
