@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Render and validate the Kubernetes manifests of deploy/k8s without a cluster (standard library only).
+"""Render and validate the Kubernetes manifests of deploy/k8s without a cluster (standard library and PyYAML).
 
     python deploy/k8s/tools.py fetch              # build/fetch every tool and schema once (idempotent)
     python deploy/k8s/tools.py validate [PATH...]  # render with kustomize, validate with kubeconform
@@ -17,7 +17,6 @@ Everything comes from package registries, built or unpacked into a cache outside
 ~/.cache/cqrs-pipeline/k8s-tools):
 
 - kustomize and kubeconform: `go install` of their Go modules (through the Go module proxy);
-- a tiny YAML-to-JSON helper (Go, go.yaml.in/yaml/v3), because this script reads no YAML itself;
 - the Kubernetes JSON schemas: the strict per-version schemas shipped in the PyPI wheel
   `kubernetes-validate` (`pip download`), with their references made local;
 - the CRD schemas of KEDA's ScaledObject and the Prometheus Operator's ServiceMonitor: the CRD YAML
@@ -39,6 +38,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))   # run as a file: make the project importable
 from deploy.local.base import StackPaths  # noqa: E402
 
@@ -46,7 +47,6 @@ K8S_DIR = Path(__file__).resolve().parent
 KUBERNETES_VERSION = "1.33.0"  # schema version validated against (any of 1.25.0 .. 1.37.0 is in the wheel)
 KUSTOMIZE = ("sigs.k8s.io/kustomize/kustomize/v5", "v5.8.2")  # v5.8.3 needs Go >= 1.27
 KUBECONFORM = ("github.com/yannh/kubeconform/cmd/kubeconform", "v0.8.0")
-YAML_MODULE = ("go.yaml.in/yaml/v3", "v3.0.4")
 SCHEMA_WHEEL = ("kubernetes-validate", "1.37.0")
 CRDS = (  # (module, version, file inside the module)
     ("github.com/kedacore/keda/v2", "v2.21.0", "config/crd/bases/keda.sh_scaledobjects.yaml"),
@@ -57,46 +57,6 @@ BUILD_TIMEOUT_S = 900
 FETCH_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 120
 CACHE_LAYOUT = "1"  # bump when the layout of the cache changes
-
-YAML2JSON_GO = """\
-// yaml2json: read YAML documents on stdin, print them as one JSON array (null documents dropped).
-package main
-
-import (
-\t"encoding/json"
-\t"fmt"
-\t"io"
-\t"os"
-
-\t"go.yaml.in/yaml/v3"
-)
-
-func main() {
-\tdec := yaml.NewDecoder(os.Stdin)
-\tdocs := []any{}
-\tfor {
-\t\tvar doc any
-\t\terr := dec.Decode(&doc)
-\t\tif err == io.EOF {
-\t\t\tbreak
-\t\t}
-\t\tif err != nil {
-\t\t\tfmt.Fprintln(os.Stderr, "yaml2json:", err)
-\t\t\tos.Exit(1)
-\t\t}
-\t\tif doc != nil {
-\t\t\tdocs = append(docs, doc)
-\t\t}
-\t}
-\tout, err := json.Marshal(docs)
-\tif err != nil {
-\t\tfmt.Fprintln(os.Stderr, "yaml2json:", err)
-\t\tos.Exit(1)
-\t}
-\tos.Stdout.Write(out)
-}
-"""
-
 
 class ToolError(Exception):
     """A step that failed; its message is the one line printed."""
@@ -174,31 +134,12 @@ def go_install(cache: Path, name: str, module: str, version: str) -> Path:
     return target
 
 
-def build_yaml2json(cache: Path) -> Path:
-    module, version = YAML_MODULE
-    target = cache / "bin" / f"yaml2json-{version}" / "yaml2json"
-    if target.is_file() and os.access(target, os.X_OK):
-        return target
-    go = require_go()
-    src = Path(tempfile.mkdtemp(prefix=".yaml2json-", dir=cache))
+def yaml_to_json(text: str, what: str) -> list:
+    """Every YAML document of text as plain data (JSON types), null documents dropped."""
     try:
-        (src / "go.mod").write_text(f"module yaml2json\n\ngo 1.22\n\nrequire {module} {version}\n")
-        (src / "main.go").write_text(YAML2JSON_GO)
-        env = {**go_env(), "GOFLAGS": "-mod=mod -buildvcs=false"}
-        run("build yaml2json", [go, "build", "-o", str(src / "yaml2json"), "."], BUILD_TIMEOUT_S, env=env, cwd=src)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src / "yaml2json", target)
-    finally:
-        shutil.rmtree(src, ignore_errors=True)
-    return target
-
-
-def yaml_to_json(yaml2json: Path, text: str, what: str) -> list:
-    proc = run(f"parse {what}", [str(yaml2json)], RUN_TIMEOUT_S, input=text.encode())
-    try:
-        return json.loads(proc.stdout)
-    except ValueError as exc:
-        raise ToolError(f"parse {what}: yaml2json printed no JSON: {exc}") from None
+        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+    except yaml.YAMLError as exc:
+        raise ToolError(f"parse {what}: {' '.join(str(exc).split())}") from None
 
 
 def _local_refs(node):
@@ -275,7 +216,7 @@ def strict_crd_schema(node, root: bool = True):
     return out
 
 
-def fetch_crd_schemas(cache: Path, yaml2json: Path) -> Path:
+def fetch_crd_schemas(cache: Path) -> Path:
     """<root>/<group>/<kind>_<version>.json for each CRD of CRDS."""
     root = cache / "crd-schemas"
     marker = root / ".complete"
@@ -300,7 +241,7 @@ def fetch_crd_schemas(cache: Path, yaml2json: Path) -> Path:
             except (KeyError, OSError, zipfile.BadZipFile) as exc:
                 raise ToolError(f"read {member}: {exc}") from None
             written = 0
-            for doc in yaml_to_json(yaml2json, text, member):
+            for doc in yaml_to_json(text, member):
                 if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
                     continue
                 spec = doc["spec"]
@@ -332,10 +273,9 @@ def fetch_all() -> dict[str, Path]:
         tools = {
             "kustomize": go_install(cache, "kustomize", *KUSTOMIZE),
             "kubeconform": go_install(cache, "kubeconform", *KUBECONFORM),
-            "yaml2json": build_yaml2json(cache),
         }
         tools["kubernetes_schemas"] = fetch_kubernetes_schemas(cache)
-        tools["crd_schemas"] = fetch_crd_schemas(cache, tools["yaml2json"])
+        tools["crd_schemas"] = fetch_crd_schemas(cache)
         layout.write_text(CACHE_LAYOUT + "\n")
     return tools
 
@@ -394,7 +334,7 @@ def validate(paths: list[Path]) -> int:
                 text = path.read_text()
             else:
                 raise ToolError(f"validate {path}: no such file or directory")
-            docs = yaml_to_json(tools["yaml2json"], text, label)
+            docs = yaml_to_json(text, label)
             if not docs:
                 print(f"FAIL {label}: renders no resources")
                 failed = True
