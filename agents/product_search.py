@@ -1,7 +1,9 @@
 """Product search documents (Elasticsearch, behind the `products` alias) from product-events.
 
 State is the indexed document (it carries `last_seq`), read with one mget per batch and written with
-one _bulk of partial updates, so `purchase_count` (kept by the sales projection) is never overwritten.
+one _bulk of partial updates (`elasticsearch.helpers.async_bulk`), so `purchase_count` (kept by the
+sales projection) is never overwritten. Documents rejected one by one are dead-lettered
+(`agents.search_bulk`).
 Reads and writes go to one concrete index (`index`): the live worker resolves the alias to it before
 each batch, so a batch never straddles an alias swap; a rebuild points it at the index it builds.
 """
@@ -11,7 +13,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch, BadRequestError, NotFoundError
+from elasticsearch.helpers import async_bulk
 
+from agents.search_bulk import bulk_failures
 from app.read_model_versions import ServingRecord
 from app.read_models import PRODUCTS_ALIAS, PRODUCTS_MAPPING, products_index
 from domain.views import apply_product_event
@@ -84,16 +88,12 @@ class ProductSearch:
         return apply_product_event(state, event)
 
     async def write(self, changed: dict[str, Any]) -> dict[str, str]:
-        operations: list[dict] = []
+        actions = []
         for pid, doc in changed.items():
             partial = {k: v for k, v in doc.items() if k not in OWNED_ELSEWHERE}
-            operations.append({"update": {"_index": self.index, "_id": pid, "retry_on_conflict": 3}})
-            operations.append({"doc": partial, "upsert": {**partial, "purchase_count": doc.get("purchase_count", 0)}})
-        resp = await self.es.bulk(operations=operations, refresh=False)
-        failures = {}
-        if resp.get("errors"):
-            for item in resp["items"]:
-                result = item["update"]
-                if result.get("error"):
-                    failures[result["_id"]] = f"{result['error'].get('type')}: {result['error'].get('reason')}"
-        return failures
+            actions.append({"_op_type": "update", "_index": self.index, "_id": pid, "retry_on_conflict": 3,
+                            "doc": partial, "upsert": {**partial, "purchase_count": doc.get("purchase_count", 0)}})
+        # One request for the batch; documents rejected one by one come back as {id: "type: reason"}.
+        _, errors = await async_bulk(self.es, actions, chunk_size=max(len(actions), 1), raise_on_error=False,
+                                     refresh=False)
+        return bulk_failures(errors)

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from elasticsearch import AsyncElasticsearch
+from elasticsearch.helpers import async_bulk
 from pymongo import InsertOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
@@ -33,6 +34,7 @@ from pymongo.errors import BulkWriteError
 from agents import failpoints
 from agents.outages import outage_store
 from agents.read_store import bulk_write_unordered, find_by_ids
+from agents.search_bulk import bulk_failures, bulk_item
 from app.read_model_versions import ServingRecord
 from app.read_models import PRODUCTS_ALIAS, product_stats_collection, sales_prefix
 from domain.views import OrderFacts, apply_order_facts, sales_contributions
@@ -175,23 +177,25 @@ class SalesStats:
         products whose copy is not in place (not indexed yet, a concurrent change, or a newer version's)."""
         current = await self.es.mget(index=self.alias, ids=list(counts), source_includes=["sales_version"])
         pending: set[str] = set()
-        operations: list[dict] = []
+        actions: list[dict] = []
         for doc in current["docs"]:
             pid = doc["_id"]
             if not doc.get("found") or (doc["_source"].get("sales_version") or 0) > self.version:
                 pending.add(pid)
                 continue
-            operations.append({"update": {"_index": doc["_index"], "_id": pid, "if_seq_no": doc["_seq_no"],
-                                          "if_primary_term": doc["_primary_term"]}})
-            operations.append({"doc": {"purchase_count": counts[pid], "sales_version": self.version}})
-        if operations:
-            resp = await self.es.bulk(operations=operations, refresh=False)
-            for item in resp["items"]:
-                result = item["update"]
-                if result.get("status") in (404, 409):
-                    pending.add(result["_id"])
-                elif result.get("error"):
-                    raise RuntimeError(f"search index rejected purchase counts: {result['error']}")
+            actions.append({"_op_type": "update", "_index": doc["_index"], "_id": pid, "if_seq_no": doc["_seq_no"],
+                            "if_primary_term": doc["_primary_term"],
+                            "doc": {"purchase_count": counts[pid], "sales_version": self.version}})
+        if actions:
+            _, errors = await async_bulk(self.es, actions, chunk_size=len(actions), raise_on_error=False,
+                                         refresh=False)
+            # 404 (deleted meanwhile) and 409 (changed since the mget) leave that copy pending; anything
+            # else a document is rejected with is raised (an outage status as an outage).
+            rejected = bulk_failures(errors, expected=(404, 409))
+            if rejected:
+                pid, error = next(iter(rejected.items()))
+                raise RuntimeError(f"search index rejected {len(rejected)} purchase count(s), {pid}'s: {error}")
+            pending |= {bulk_item(error)["_id"] for error in errors}
         copied = [pid for pid in counts if pid not in pending]
         if copied:
             indexed = await self.es.mget(index=self.alias, ids=copied,

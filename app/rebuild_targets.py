@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Protocol
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any, Protocol, TypeVar
 
 from elasticsearch import AsyncElasticsearch, NotFoundError
+from elasticsearch.helpers import async_scan, async_streaming_bulk
 from psycopg_pool import AsyncConnectionPool
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -25,6 +27,7 @@ from agents.engine import Projection
 from agents.order_views import OrderViews, ensure_order_indexes
 from agents.product_search import SERVING_REFRESH, ProductSearch, aliased_index, create_products_index
 from agents.sales_stats import DIRTY, SalesStats
+from agents.search_bulk import bulk_failures
 from app.read_model_versions import ServingRecord, current
 from app.read_models import (CACHE_PREFIX, CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCT_STATS, READ_MODEL_VERSIONS,
                              SALES_PREFIX, order_collections, product_stats_collection, products_index,
@@ -32,6 +35,7 @@ from app.read_models import (CACHE_PREFIX, CUSTOMER_HISTORY, ORDER_VIEWS, PRODUC
 
 REBUILDABLE = ("order-views", "product-search", "sales-stats")
 SCAN_BATCH = 1000
+T = TypeVar("T")
 
 
 class RebuildTarget(Protocol):
@@ -55,16 +59,21 @@ class RebuildTarget(Protocol):
     async def drop(self, version: int) -> None: ...
 
 
-async def scan_keys(redis, pattern: str):
-    """Every key matching `pattern`, in batches of at most SCAN_BATCH."""
-    batch: list[str] = []
-    async for key in redis.scan_iter(match=pattern, count=SCAN_BATCH):
-        batch.append(key)
-        if len(batch) >= SCAN_BATCH:
+async def batched(items: AsyncIterable[T], size: int) -> AsyncIterator[list[T]]:
+    """`items` in lists of at most `size`."""
+    batch: list[T] = []
+    async for item in items:
+        batch.append(item)
+        if len(batch) >= size:
             yield batch
             batch = []
     if batch:
         yield batch
+
+
+def scan_keys(redis, pattern: str) -> AsyncIterator[list[str]]:
+    """Every key matching `pattern`, in batches of at most SCAN_BATCH."""
+    return batched(redis.scan_iter(match=pattern, count=SCAN_BATCH), SCAN_BATCH)
 
 
 async def record_switch(db: AsyncDatabase, projection: str, version: int, fence_id: str,
@@ -175,35 +184,30 @@ class ProductSearchTarget:
         await self.es.indices.put_settings(index=index, settings={"refresh_interval": SERVING_REFRESH})
         await self.es.indices.refresh(index=index)
         sales = await current(self.db[READ_MODEL_VERSIONS], "sales-stats")
-        async for chunk in self._id_batches(index):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for pid in chunk:
-                    pipe.hget(sales_product_key(pid, sales.sales_prefix), "purchase_count")
-                counts = await pipe.execute()
-            operations: list[dict] = []
-            for pid, count in zip(chunk, counts):
-                if count is not None:
-                    operations += [{"update": {"_index": index, "_id": pid}},
-                                   {"doc": {"purchase_count": int(count), "sales_version": sales.serving}}]
-            if operations:
-                resp = await self.es.bulk(operations=operations, refresh=False)
-                if resp.get("errors"):
-                    failed = next(i["update"] for i in resp["items"] if i["update"].get("error"))
-                    raise RuntimeError(f"search index rejected a purchase count: {failed['error']}")
+
+        async def purchase_counts():
+            async for chunk in self._id_batches(index):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for pid in chunk:
+                        pipe.hget(sales_product_key(pid, sales.sales_prefix), "purchase_count")
+                    counts = await pipe.execute()
+                for pid, count in zip(chunk, counts):
+                    if count is not None:
+                        yield {"_op_type": "update", "_index": index, "_id": pid,
+                               "doc": {"purchase_count": int(count), "sales_version": sales.serving}}
+
+        async for _, error in async_streaming_bulk(self.es, purchase_counts(), chunk_size=SCAN_BATCH,
+                                                   raise_on_error=False, yield_ok=False, refresh=False):
+            # Only failed documents are yielded: stop at the first (an outage status is raised as one).
+            raise RuntimeError(f"search index rejected a purchase count: {bulk_failures([error])}")
         await self.es.indices.refresh(index=index)
 
     async def _id_batches(self, index: str):
         """The ids of every document of `index`, in batches of at most SCAN_BATCH (a scroll)."""
-        resp = await self.es.search(index=index, scroll="1m", size=SCAN_BATCH, source=False, query={"match_all": {}})
-        scroll_id = resp.get("_scroll_id")
-        try:
-            while resp["hits"]["hits"]:
-                yield [hit["_id"] for hit in resp["hits"]["hits"]]
-                resp = await self.es.scroll(scroll_id=scroll_id, scroll="1m")
-                scroll_id = resp.get("_scroll_id")
-        finally:
-            if scroll_id:
-                await self.es.options(ignore_status=404).clear_scroll(scroll_id=scroll_id)
+        hits = async_scan(self.es, index=index, scroll="1m", size=SCAN_BATCH, source=False,
+                          query={"query": {"match_all": {}}})
+        async for ids in batched((hit["_id"] async for hit in hits), SCAN_BATCH):
+            yield ids
 
     async def switch(self, version: int, fence_id: str, retired: dict[str, Any]) -> bool:
         new = products_index(self.alias, version)

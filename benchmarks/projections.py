@@ -703,9 +703,11 @@ class Bench:
         return range(count)
 
     def run_ceilings(self) -> None:
+        from elasticsearch.helpers import bulk as es_bulk
         from pymongo import ReplaceOne
 
         from agents.sales_stats import APPLY_CONTRIBUTIONS, DAY_TTL_S, LEDGER_TTL_S
+        from agents.search_bulk import bulk_failures
         from app.read_models import PRODUCTS_MAPPING
         from connectors import elasticsearch, mongo, redis
         from domain.views import order_summary, sales_contributions
@@ -765,18 +767,18 @@ class Bench:
 
             def es_write(stock: int) -> Callable[[int], int]:
                 def write(i: int) -> int:
-                    ops: list[dict] = []
+                    actions: list[dict] = []
                     for k in range(size):
                         doc = nth(products, i, k, "product")
                         pid = doc.pop("_id")
                         doc.update(product_id=pid, stock=stock, in_stock=stock > 0)
-                        ops.append({"update": {"_index": index, "_id": pid, "retry_on_conflict": 3}})
-                        ops.append({"doc": {k2: v for k2, v in doc.items() if k2 != "purchase_count"},
-                                    "upsert": doc})
-                    resp = es.bulk(operations=ops, refresh=False)
-                    if resp.get("errors"):
-                        first = next(it["update"]["error"] for it in resp["items"] if it["update"].get("error"))
-                        raise BenchError(f"Elasticsearch _bulk rejected documents: {first}")
+                        actions.append({"_op_type": "update", "_index": index, "_id": pid, "retry_on_conflict": 3,
+                                        "doc": {k2: v for k2, v in doc.items() if k2 != "purchase_count"},
+                                        "upsert": doc})
+                    _, errors = es_bulk(es, actions, chunk_size=size, raise_on_error=False, refresh=False)
+                    if errors:
+                        pid, error = next(iter(bulk_failures(errors).items()))
+                        raise BenchError(f"Elasticsearch _bulk rejected {len(errors)} document(s), {pid}: {error}")
                     return size
                 return write
 
