@@ -1,48 +1,31 @@
-"""Avro schema compatibility by the Avro specification's schema resolution rules. Pure: no I/O.
+"""Avro schema compatibility for the schema gate (`cqrs schemas check`). Pure: no I/O.
 
-`check(reader, writer)` lists every place where data written with `writer` cannot be read with
-`reader`; an empty list means every datum the writer can produce resolves against the reader.
-The rules followed (Avro 1.11 "Schema Resolution"):
+`check(reader, writer)` lists every place where data written with `writer` cannot be read with `reader`: empty
+iff every datum the writer can produce resolves against the reader. `check_mode` applies a registry level
+(BACKWARD, FORWARD, FULL, their *_TRANSITIVE variants, NONE) to a new schema and its subject's versions.
 
-- primitives match when equal or when the writer's type promotes to the reader's:
-  int → long, float, double; long → float, double; float → double; string ↔ bytes;
-- records match by unqualified name (or a reader alias); a reader field missing from the writer
-  needs a default; writer fields unknown to the reader are ignored; fields match by name or by a
-  reader field alias;
-- enums match by unqualified name (or alias); a writer symbol unknown to the reader needs the
-  reader's enum default;
-- fixed match by name and size; arrays and maps resolve their items and values;
-- a reader union must accept every branch the writer can produce (a non-union writer is one branch);
-  a writer union read by a non-union reader requires every branch to resolve against the reader;
-- logical types resolve as their underlying type; a change of logical type is reported as a note,
-  except a decimal scale change, which reads the same bytes as a different number (the
-  specification requires decimals to agree on scale and precision to match; a precision change is
-  only a note, as registries accept it).
-
-`check_mode` applies a registry compatibility level (BACKWARD, FORWARD, FULL, their *_TRANSITIVE
-variants, NONE) to a new schema and the registered versions of its subject.
+Apache avro's `ReaderWriterCompatibilityChecker` decides every pair of non-union schemas (promotions, enum
+symbols and defaults, fixed sizes, type mismatches) and its field lookup (name, then alias) pairs record fields.
+By hand, as the checker lacks them: the walk into records, arrays, maps and unions, so that each finding keeps
+its path (for those the checker's results are merged sets); the union branch Avro's rule picks; unqualified
+names and aliases; logical types (a change is a note; a decimal scale change fails: the bytes read differently).
 """
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
-NAMED = frozenset({"record", "error", "enum", "fixed"})
-PROMOTIONS: dict[str, frozenset[str]] = {
-    "int": frozenset({"long", "float", "double"}),
-    "long": frozenset({"float", "double"}),
-    "float": frozenset({"double"}),
-    "string": frozenset({"bytes"}),
-    "bytes": frozenset({"string"}),
-}
+import avro.errors
+from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaIncompatibilityType, lookup_writer_field
+from avro.schema import NamedSchema, Schema, make_avsc_object
 
 
 class SchemaParseError(ValueError):
-    """The document is not an Avro schema this module understands (one-line message)."""
+    """The document is not an Avro schema (one-line message)."""
 
 
 class Direction(str, Enum):
@@ -73,48 +56,18 @@ class Mode(str, Enum):
 
     @property
     def directions(self) -> tuple[Direction, ...]:
-        if self is Mode.NONE:
-            return ()
-        if self.value.startswith("BACKWARD"):
-            return (Direction.BACKWARD,)
-        if self.value.startswith("FORWARD"):
-            return (Direction.FORWARD,)
-        return (Direction.BACKWARD, Direction.FORWARD)
+        """BACKWARD: the new schema reads old data; FORWARD: the old schema reads new data; FULL: both."""
+        return tuple(d for d in Direction if self.value.startswith((d.name, "FULL")))
 
     @property
     def transitive(self) -> bool:
+        """Compared with every registered version, not only the latest."""
         return self.value.endswith("_TRANSITIVE")
-
-
-@dataclass(eq=False)
-class Field:
-    name: str
-    type: Node
-    has_default: bool
-    aliases: frozenset[str] = frozenset()
-
-
-@dataclass(eq=False)
-class Node:
-    """One parsed schema; named types are shared by reference, so recursive schemas are cyclic."""
-
-    type: str
-    name: str | None = None
-    aliases: frozenset[str] = frozenset()
-    logical: tuple[Any, ...] | None = None
-    fields: list[Field] = field(default_factory=list)
-    symbols: tuple[str, ...] = ()
-    enum_default: str | None = None
-    size: int | None = None
-    items: Node | None = None
-    values: Node | None = None
-    branches: tuple[Node, ...] = ()
 
 
 @dataclass(frozen=True)
 class Incompatibility:
     """Data cannot be resolved at `path`; `field` is the innermost record field on that path."""
-
     path: str
     field: str | None
     reason: str
@@ -124,7 +77,6 @@ class Incompatibility:
 @dataclass(frozen=True)
 class Note:
     """A change that resolves but may change meaning (logical types, enum defaults taking over)."""
-
     path: str
     field: str | None
     message: str
@@ -133,6 +85,7 @@ class Note:
 
 @dataclass(frozen=True)
 class Resolution:
+    """What reading one writer schema's data with one reader schema finds."""
     incompatibilities: tuple[Incompatibility, ...]
     notes: tuple[Note, ...]
 
@@ -144,7 +97,6 @@ class Resolution:
 @dataclass(frozen=True)
 class Finding:
     """An incompatibility or note found against one registered version, in one direction."""
-
     version: int
     direction: Direction
     item: Incompatibility | Note
@@ -153,7 +105,6 @@ class Finding:
 @dataclass(frozen=True)
 class ModeCheck:
     """The outcome of a compatibility level: compatible iff `incompatibilities` is empty."""
-
     mode: Mode
     compared: tuple[int, ...]
     incompatibilities: tuple[Finding, ...]
@@ -164,11 +115,10 @@ class ModeCheck:
         return not self.incompatibilities
 
 
-# ---------------------------------------------------------------------------------------------- parsing
-
-def parse(schema: Any) -> Node:
-    """Parse an Avro schema given as JSON text, or as the decoded JSON value; raises SchemaParseError."""
-    if isinstance(schema, Node):
+def parse(schema: Any) -> Schema:
+    """An avro Schema from JSON text, decoded JSON or a Schema, else SchemaParseError naming the innermost
+    cause. Named types are shared by reference; logical types avro cannot use stay as properties."""
+    if isinstance(schema, Schema):
         return schema
     if isinstance(schema, str) and schema.lstrip()[:1] in ("{", "[", '"'):
         try:
@@ -176,339 +126,236 @@ def parse(schema: Any) -> Node:
         except json.JSONDecodeError as exc:
             raise SchemaParseError(f"not JSON: {exc}") from None
     try:
-        return _Parser().parse(schema, "")
-    except (TypeError, AttributeError, KeyError) as exc:
-        raise SchemaParseError(f"malformed schema: {type(exc).__name__}: {exc}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", avro.errors.IgnoredLogicalType)
+            return make_avsc_object(_errors_as_records(schema))
+    except (avro.errors.AvroException, TypeError, AttributeError, KeyError, ValueError) as exc:
+        while exc.__context__ is not None:   # avro wraps the cause once per enclosing type
+            exc = exc.__context__
+        text = str(exc) if isinstance(exc, avro.errors.AvroException) else f"{type(exc).__name__}: {exc}"
+        raise SchemaParseError(" ".join(text.split())) from None
 
 
-def _fullname(name: str, namespace: str | None, enclosing: str) -> str:
-    if "." in name:
-        return name
-    ns = enclosing if namespace is None else namespace
-    return f"{ns}.{name}" if ns else name
+def _errors_as_records(doc: Any) -> Any:
+    """A protocol `error` is a record; the checker has no rule for `error` and fails on one."""
+    if isinstance(doc, list):
+        return [_errors_as_records(item) for item in doc]
+    if not isinstance(doc, dict):
+        return doc
+    nested = {key: _errors_as_records(doc[key]) for key in ("type", "fields", "items", "values") if key in doc}
+    return {**doc, **nested, **({"type": "record"} if doc.get("type") == "error" else {})}
 
 
-def _short(name: str | None) -> str:
-    return (name or "").rpartition(".")[2]
-
-
-def _logical(doc: dict) -> tuple[Any, ...] | None:
-    logical = doc.get("logicalType")
-    if logical is None:
-        return None
-    if logical == "decimal":
-        return ("decimal", doc.get("precision"), doc.get("scale", 0))
-    return (logical,)
-
-
-class _Parser:
-    def __init__(self) -> None:
-        self.names: dict[str, Node] = {}
-
-    def parse(self, schema: Any, namespace: str) -> Node:
-        if isinstance(schema, str):
-            return Node(schema) if schema in PRIMITIVES else self._reference(schema, namespace)
-        if isinstance(schema, list):
-            return Node("union", branches=tuple(self.parse(b, namespace) for b in schema))
-        if not isinstance(schema, dict) or "type" not in schema:
-            raise SchemaParseError(f"not an Avro schema: {json.dumps(schema)[:80]}")
-        kind = schema["type"]
-        if isinstance(kind, (dict, list)):
-            return self.parse(kind, namespace)
-        if kind in PRIMITIVES:
-            return Node(kind, logical=_logical(schema))
-        if kind in NAMED:
-            return self._named(schema, namespace)
-        if kind == "array":
-            return Node("array", items=self.parse(self._require(schema, "items"), namespace), logical=_logical(schema))
-        if kind == "map":
-            return Node("map", values=self.parse(self._require(schema, "values"), namespace), logical=_logical(schema))
-        if isinstance(kind, str):
-            return self._reference(kind, namespace)
-        raise SchemaParseError(f"unknown type {kind!r}")
-
-    @staticmethod
-    def _require(doc: dict, key: str) -> Any:
-        if key not in doc:
-            raise SchemaParseError(f"{doc.get('type')} schema without {key!r}")
-        return doc[key]
-
-    def _reference(self, name: str, namespace: str) -> Node:
-        candidates = [name] if "." in name else [_fullname(name, None, namespace), name]
-        for candidate in candidates:
-            if candidate in self.names:
-                return self.names[candidate]
-        raise SchemaParseError(f"unknown type {name!r}")
-
-    def _named(self, doc: dict, namespace: str) -> Node:
-        name = self._require(doc, "name")
-        if not isinstance(name, str) or not name:
-            raise SchemaParseError(f"{doc['type']} with an invalid name {name!r}")
-        full = _fullname(name, doc.get("namespace"), namespace)
-        if full in self.names:
-            raise SchemaParseError(f"type {full!r} is defined twice")
-        inner = full.rpartition(".")[0]
-        kind = "record" if doc["type"] == "error" else doc["type"]
-        node = Node(kind, name=full, aliases=frozenset(_fullname(a, None, inner) for a in doc.get("aliases", ())),
-                    logical=_logical(doc))
-        self.names[full] = node
-        if kind == "record":
-            node.fields = [self._field(f, inner) for f in self._require(doc, "fields")]
-        elif kind == "enum":
-            node.symbols = tuple(self._require(doc, "symbols"))
-            node.enum_default = doc.get("default")
-        else:
-            size = self._require(doc, "size")
-            if not isinstance(size, int) or size < 0:
-                raise SchemaParseError(f"fixed {full} with an invalid size {size!r}")
-            node.size = size
-        return node
-
-    def _field(self, doc: Any, namespace: str) -> Field:
-        if not isinstance(doc, dict) or "name" not in doc or "type" not in doc:
-            raise SchemaParseError(f"invalid record field: {json.dumps(doc)[:80]}")
-        return Field(doc["name"], self.parse(doc["type"], namespace), "default" in doc,
-                     frozenset(doc.get("aliases", ())))
-
-
-# ---------------------------------------------------------------------------------------------- wording
-
-def label(node: Node) -> str:
+def label(schema: Schema) -> str:
     """A short name for a union branch or a path segment: the unqualified name or the type."""
-    return _short(node.name) if node.name else node.type
+    return schema.name if isinstance(schema, NamedSchema) else schema.type
 
 
-def describe(node: Node) -> str:
+def describe(schema: Schema) -> str:
     """A readable type: `long (timestamp-micros)`, `array<record OrderLine>`, `union [null, string]`."""
-    if node.type == "union":
-        return "union [" + ", ".join(label(b) for b in node.branches) + "]"
-    if node.type == "array":
-        text = f"array<{describe(node.items)}>" if node.items else "array"
-    elif node.type == "map":
-        text = f"map<{describe(node.values)}>" if node.values else "map"
-    elif node.type == "fixed":
-        text = f"fixed {_short(node.name)}({node.size})"
-    elif node.name:
-        text = f"{node.type} {_short(node.name)}"
+    if schema.type == "union":
+        return "union [" + ", ".join(label(b) for b in schema.schemas) + "]"
+    if schema.type in ("array", "map"):
+        text = f"{schema.type}<{describe(schema.items if schema.type == 'array' else schema.values)}>"
+    elif schema.type == "fixed":
+        text = f"fixed {schema.name}({schema.size})"
     else:
-        text = node.type
-    return f"{text} ({describe_logical(node.logical)})" if node.logical else text
+        text = f"{schema.type} {schema.name}" if isinstance(schema, NamedSchema) else schema.type
+    return f"{text} ({_logical(schema)})" if _logical(schema) else text
 
 
-def describe_logical(logical: tuple[Any, ...] | None) -> str:
-    if logical is None:
-        return "no logical type"
-    if logical[0] == "decimal":
-        return f"decimal({logical[1]},{logical[2]})"
-    return str(logical[0])
+def _logical(schema: Schema) -> str | None:
+    """The logical type as written (`decimal(12,2)`, `uuid`), also one avro ignores as invalid."""
+    props = schema.props
+    if props.get("logicalType") == "decimal":
+        return f"decimal({props.get('precision')},{props.get('scale', 0)})"
+    return props.get("logicalType")
 
 
-_OLD_UNREADABLE = "data written with the old schema cannot be read"
-_NEW_UNREADABLE = "data written with the new schema cannot be read by the old one"
-
-_TEMPLATES: dict[str, tuple[str, str, str]] = {
-    "missing_field": (
-        "field '{name}' is in the reader's schema without a default and missing from the writer's",
-        "field '{name}' was added without a default: " + _OLD_UNREADABLE,
-        "field '{name}' was removed but the old schema has no default for it: " + _NEW_UNREADABLE),
-    "type": (
-        "writer type {writer} cannot be read as {reader}",
-        "type changed from {old} to {new}: " + _OLD_UNREADABLE,
-        "type changed from {old} to {new}: " + _NEW_UNREADABLE),
-    "union_branch": (
-        "writer union branch {branch} has no match in the reader's union",
-        "union branch {branch} removed: " + _OLD_UNREADABLE,
-        "union branch {branch} added: " + _NEW_UNREADABLE),
+# kind: (neutral wording, BACKWARD wording (old = writer), FORWARD wording (old = reader); None: as BACKWARD).
+# {unreadable} says whose data the change makes unreadable.
+_TEMPLATES: dict[str, tuple[str, str, str | None]] = {
+    "missing_field": ("field '{name}' is in the reader's schema without a default and missing from the writer's",
+                      "field '{name}' was added without a default: {unreadable}",
+                      "field '{name}' was removed but the old schema has no default for it: {unreadable}"),
+    "type": ("writer type {writer} cannot be read as {reader}", "type changed from {old} to {new}: {unreadable}", None),
+    "union_branch": ("writer union branch {branch} has no match in the reader's union",
+                     "union branch {branch} removed: {unreadable}", "union branch {branch} added: {unreadable}"),
     "union_to_single": (
         "writer union branch {branch} cannot be read as {reader}",
         "type changed from {old} to {new}: union branch {branch} of the old schema cannot be read",
         "type changed from {old} to {new}: union branch {branch} of the new schema cannot be read by the old one"),
-    "enum_symbol": (
-        "writer enum symbol '{symbol}' is not in the reader's enum {enum}, which has no default",
-        "enum symbol '{symbol}' removed from {enum}, which has no default: " + _OLD_UNREADABLE,
-        "enum symbol '{symbol}' added to {enum} and the old enum has no default: " + _NEW_UNREADABLE),
-    "name": (
-        "writer {what} {writer} does not match reader {what} {reader} (names and aliases differ)",
-        "{what} renamed from {old} to {new} without an alias for {old}: " + _OLD_UNREADABLE,
-        "{what} renamed from {old} to {new} and the old schema has no alias for {new}: " + _NEW_UNREADABLE),
-    "fixed_size": (
-        "writer fixed size {writer} differs from reader fixed size {reader}",
-        "fixed size changed from {old} to {new}: " + _OLD_UNREADABLE,
-        "fixed size changed from {old} to {new}: " + _NEW_UNREADABLE),
-    "decimal_scale": (
-        "writer decimal scale {writer} differs from reader decimal scale {reader}",
-        "decimal scale changed from {old} to {new}: stored values would be read as different numbers",
-        "decimal scale changed from {old} to {new}: the old schema would read different numbers"),
+    "enum_symbol": ("writer enum symbol '{symbol}' is not in the reader's enum {enum}, which has no default",
+                    "enum symbol '{symbol}' removed from {enum}, which has no default: {unreadable}",
+                    "enum symbol '{symbol}' added to {enum} and the old enum has no default: {unreadable}"),
+    "name": ("writer {what} {writer} does not match reader {what} {reader} (names and aliases differ)",
+             "{what} renamed from {old} to {new} without an alias for {old}: {unreadable}",
+             "{what} renamed from {old} to {new} and the old schema has no alias for {new}: {unreadable}"),
+    "fixed_size": ("writer fixed size {writer} differs from reader fixed size {reader}",
+                   "fixed size changed from {old} to {new}: {unreadable}", None),
+    "decimal_scale": ("writer decimal scale {writer} differs from reader decimal scale {reader}",
+                      "decimal scale changed from {old} to {new}: stored values would be read as different numbers",
+                      "decimal scale changed from {old} to {new}: the old schema would read different numbers"),
     "logical_type": (
         "writer logical type {writer}, reader logical type {reader}: same encoding, values interpreted differently",
-        "logical type changed from {old} to {new}: same encoding, values interpreted differently",
-        "logical type changed from {old} to {new}: same encoding, values interpreted differently"),
-    "decimal_precision": (
-        "writer decimal precision {writer}, reader decimal precision {reader}",
-        "decimal precision changed from {old} to {new}",
-        "decimal precision changed from {old} to {new}"),
+        "logical type changed from {old} to {new}: same encoding, values interpreted differently", None),
+    "decimal_precision": ("writer decimal precision {writer}, reader decimal precision {reader}",
+                          "decimal precision changed from {old} to {new}", None),
     "enum_default": (
         "writer enum symbol '{symbol}' is not in the reader's enum {enum}; it reads as the default '{default}'",
         "enum symbol '{symbol}' removed from {enum}; old data holding it reads as the default '{default}'",
         "enum symbol '{symbol}' added to {enum}; the old schema reads it as its default '{default}'"),
 }
+_UNREADABLE = {Direction.BACKWARD: "data written with the old schema cannot be read",
+               Direction.FORWARD: "data written with the new schema cannot be read by the old one"}
 
 
 def _render(kind: str, direction: Direction | None, **details: Any) -> str:
     neutral, backward, forward = _TEMPLATES[kind]
-    writer, reader = details.get("writer"), details.get("reader")
-    if direction is Direction.BACKWARD:
-        return backward.format(old=writer, new=reader, **details)
+    if direction is None:
+        return neutral.format(**details)
+    old, new = details.get("writer"), details.get("reader")
     if direction is Direction.FORWARD:
-        return forward.format(old=reader, new=writer, **details)
-    return neutral.format(**details)
+        old, new, backward = new, old, forward or backward
+    return backward.format(old=old, new=new, unreadable=_UNREADABLE[direction], **details)
 
 
-# ---------------------------------------------------------------------------------------------- resolution
-
-def _names_match(reader: Node, writer: Node) -> bool:
-    if reader.name == writer.name or _short(reader.name) == _short(writer.name):
-        return True
-    return writer.name in reader.aliases or _short(writer.name) in {_short(a) for a in reader.aliases}
+def _names_match(reader: NamedSchema, writer: NamedSchema) -> bool:
+    """Named types match by unqualified name or by a reader alias, whatever their namespaces."""
+    return writer.name in {reader.name, *(str(a).rpartition(".")[2] for a in reader.props.get("aliases") or ())}
 
 
-def _shallow(reader: Node, writer: Node) -> str | None:
-    """None when the two match at the top level (Avro's "schemas match"), else the kind of mismatch."""
+def _matches(reader: Schema, writer: Schema) -> bool:
+    """Avro's "schemas match" test, which picks a union branch: a type the checker promotes, or the same type
+    with matching names and, for fixed, the same size."""
     if reader.type != writer.type:
-        return None if reader.type in PROMOTIONS.get(writer.type, ()) else "type"
-    if reader.type in ("record", "enum", "fixed") and not _names_match(reader, writer):
-        return "name"
-    if reader.type == "fixed" and reader.size != writer.size:
-        return "fixed_size"
-    return None
+        return not _checker_finds(reader, writer)
+    named_alike = not isinstance(reader, NamedSchema) or _names_match(reader, writer)
+    return named_alike and (reader.type != "fixed" or reader.size == writer.size)
 
 
-def _select(branches: Iterable[Node], writer: Node) -> Node | None:
-    """The reader branch a writer value resolves to: exact full name or type first, then names, then promotions."""
-    branches = tuple(branches)
-    exact = [b for b in branches if b.type == writer.type and _shallow(b, writer) is None]
-    for candidate in exact:
-        if candidate.name == writer.name:
-            return candidate
-    if exact:
-        return exact[0]
-    return next((b for b in branches if _shallow(b, writer) is None), None)
+def _pick(branches: Sequence[Schema], writer: Schema) -> Schema | None:
+    """The reader branch a (non-union) writer value resolves to: the same type, with the same full name first,
+    else the first it promotes to; None when none matches."""
+    same = [b for b in branches if b.type == writer.type and _matches(b, writer)]
+    exact = [b for b in same if getattr(b, "fullname", None) == getattr(writer, "fullname", None)]
+    return next(iter(exact + same + [b for b in branches if _matches(b, writer)]), None)
+
+
+def _checker_finds(reader: Schema, writer: Schema) -> set[SchemaIncompatibilityType]:
+    """What avro's checker finds for a pair; for a pair of different types, or of primitives, enums or fixed,
+    it looks at nothing inside, so each type found belongs to the pair itself."""
+    return set(ReaderWriterCompatibilityChecker().get_compatibility(reader, writer).incompatibilities)
 
 
 class _Resolver:
+    """Walks a reader/writer pair as Avro resolution does, recording each Incompatibility and Note at its path;
+    the checker decides every pair of non-union schemas."""
+
     def __init__(self, direction: Direction | None) -> None:
         self.direction = direction
         self.problems: list[Incompatibility] = []
         self.notes: list[Note] = []
-        self.seen: set[tuple[int, int]] = set()
+        self.in_progress: set[tuple[int, int]] = set()
 
-    def fail(self, path: str, field_name: str | None, kind: str, **details: Any) -> None:
-        self.problems.append(Incompatibility(path, field_name, _render(kind, self.direction, **details), kind))
-
-    def note(self, path: str, field_name: str | None, kind: str, **details: Any) -> None:
-        self.notes.append(Note(path, field_name, _render(kind, self.direction, **details), kind))
-
-    def resolve(self, reader: Node, writer: Node, path: str, field_name: str | None) -> None:
+    def resolve(self, reader: Schema, writer: Schema, path: str, field: str | None) -> None:
+        """Unions first: a writer union resolves branch by branch, a reader union by the branch Avro picks."""
         if writer.type == "union":
-            self._writer_union(reader, writer, path, field_name)
+            self._writer_union(reader, writer, path, field)
         elif reader.type == "union":
-            branch = _select(reader.branches, writer)
-            if branch is None:
-                self.fail(path, field_name, "type", writer=describe(writer), reader=describe(reader))
+            target = _pick(reader.schemas, writer)
+            if target is None:
+                self._fail(path, field, "type", writer=describe(writer), reader=describe(reader))
             else:
-                self.resolve(branch, writer, path, field_name)
+                self.resolve(target, writer, path, field)
         else:
-            self._same_shape(reader, writer, path, field_name)
+            self._pair(reader, writer, path, field)
 
-    def _writer_union(self, reader: Node, writer: Node, path: str, field_name: str | None) -> None:
-        for branch in writer.branches:
-            branch_path = f"{path}[{label(branch)}]"
-            if reader.type == "union":
-                target = _select(reader.branches, branch)
-                if target is None:
-                    self.fail(branch_path, field_name, "union_branch", branch=label(branch))
-                else:
-                    self.resolve(target, branch, branch_path, field_name)
-            elif _shallow(reader, branch) is not None:
-                self.fail(branch_path, field_name, "union_to_single", branch=label(branch),
-                          writer=describe(writer), reader=describe(reader))
+    def _writer_union(self, reader: Schema, writer: Schema, path: str, field: str | None) -> None:
+        """Each branch the writer can produce must resolve against the reader (branch) Avro picks for it."""
+        for branch in writer.schemas:
+            at = f"{path}[{label(branch)}]"
+            target = _pick(reader.schemas if reader.type == "union" else [reader], branch)
+            if target is not None:
+                self.resolve(target, branch, at, field)
+            elif reader.type == "union":
+                self._fail(at, field, "union_branch", branch=label(branch))
             else:
-                self.resolve(reader, branch, branch_path, field_name)
+                self._fail(at, field, "union_to_single", branch=label(branch), writer=describe(writer),
+                           reader=describe(reader))
 
-    def _same_shape(self, reader: Node, writer: Node, path: str, field_name: str | None) -> None:
-        mismatch = _shallow(reader, writer)
-        if mismatch == "type":
-            self.fail(path, field_name, "type", writer=describe(writer), reader=describe(reader))
-            return
-        if mismatch == "name":
-            self.fail(path, field_name, "name", what=reader.type, writer=_short(writer.name),
-                      reader=_short(reader.name))
-            return
-        if mismatch == "fixed_size":
-            self.fail(path, field_name, "fixed_size", writer=writer.size, reader=reader.size)
-            return
-        self._logical(reader, writer, path, field_name)
-        if reader.type == "record":
+    def _pair(self, reader: Schema, writer: Schema, path: str, field: str | None) -> None:
+        """Two non-union schemas: names, the checker's verdict on the pair, logical types, then what is inside."""
+        if reader.type == writer.type and isinstance(reader, NamedSchema) and not _names_match(reader, writer):
+            return self._fail(path, field, "name", what=reader.type, writer=writer.name, reader=reader.name)
+        container = reader.type == writer.type and reader.type in ("record", "array", "map")
+        found = set() if container else _checker_finds(reader, writer)
+        if SchemaIncompatibilityType.type_mismatch in found:
+            return self._fail(path, field, "type", writer=describe(writer), reader=describe(reader))
+        if SchemaIncompatibilityType.fixed_size_mismatch in found:
+            return self._fail(path, field, "fixed_size", writer=writer.size, reader=reader.size)
+        self._logical_types(reader, writer, path, field)
+        if reader.type == "enum":
+            self._enum(reader, writer, path, field, SchemaIncompatibilityType.missing_enum_symbols in found)
+        elif reader.type == "record":
             self._record(reader, writer, path)
-        elif reader.type == "enum":
-            self._enum(reader, writer, path, field_name)
         elif reader.type == "array":
-            self.resolve(reader.items, writer.items, f"{path}[]", field_name)
+            self.resolve(reader.items, writer.items, f"{path}[]", field)
         elif reader.type == "map":
-            self.resolve(reader.values, writer.values, f"{path}{{}}", field_name)
+            self.resolve(reader.values, writer.values, f"{path}{{}}", field)
 
-    def _record(self, reader: Node, writer: Node, path: str) -> None:
-        key = (id(reader), id(writer))
-        if key in self.seen:
+    def _record(self, reader: Schema, writer: Schema, path: str) -> None:
+        """Every reader field resolves against its writer field, or needs a default when the writer lacks it."""
+        pair = (id(reader), id(writer))
+        if pair in self.in_progress:   # a recursive type met again inside itself adds nothing
             return
-        self.seen.add(key)
-        try:
-            self._fields(reader, writer, path)
-        finally:
-            self.seen.discard(key)
-
-    def _fields(self, reader: Node, writer: Node, path: str) -> None:
-        by_name = {f.name: f for f in writer.fields}
+        self.in_progress.add(pair)
         for reader_field in reader.fields:
-            writer_field = by_name.get(reader_field.name) or next(
-                (by_name[a] for a in sorted(reader_field.aliases) if a in by_name), None)
-            field_path = f"{path}.{reader_field.name}"
+            at, name = f"{path}.{reader_field.name}", reader_field.name
+            writer_field = lookup_writer_field(writer, reader_field)
             if writer_field is not None:
-                self.resolve(reader_field.type, writer_field.type, field_path, reader_field.name)
+                self.resolve(reader_field.type, writer_field.type, at, name)
             elif not reader_field.has_default:
-                self.fail(field_path, reader_field.name, "missing_field", name=reader_field.name)
+                self._fail(at, name, "missing_field", name=name)
+        self.in_progress.discard(pair)
 
-    def _enum(self, reader: Node, writer: Node, path: str, field_name: str | None) -> None:
-        known = set(reader.symbols)
-        for symbol in writer.symbols:
-            if symbol in known:
-                continue
-            if reader.enum_default is None:
-                self.fail(path, field_name, "enum_symbol", symbol=symbol, enum=_short(reader.name))
+    def _enum(self, reader: Schema, writer: Schema, path: str, field: str | None, refused: bool) -> None:
+        """One finding per writer symbol the reader lacks: refused, or read as the reader's default (a note)."""
+        for symbol in [s for s in writer.symbols if s not in reader.symbols]:
+            details = {"symbol": symbol, "enum": reader.name, "default": reader.props.get("default")}
+            if refused:
+                self._fail(path, field, "enum_symbol", **details)
             else:
-                self.note(path, field_name, "enum_default", symbol=symbol, enum=_short(reader.name),
-                          default=reader.enum_default)
+                self._note(path, field, "enum_default", **details)
 
-    def _logical(self, reader: Node, writer: Node, path: str, field_name: str | None) -> None:
-        if reader.logical == writer.logical:
+    def _logical_types(self, reader: Schema, writer: Schema, path: str, field: str | None) -> None:
+        """A decimal scale change fails (the bytes would read as another number); other changes are notes."""
+        old, new = writer.props, reader.props
+        if _logical(writer) == _logical(reader):
             return
-        if reader.logical and writer.logical and reader.logical[0] == writer.logical[0] == "decimal":
-            if reader.logical[2] != writer.logical[2]:
-                self.fail(path, field_name, "decimal_scale", writer=writer.logical[2], reader=reader.logical[2])
-            if reader.logical[1] != writer.logical[1]:
-                self.note(path, field_name, "decimal_precision", writer=writer.logical[1], reader=reader.logical[1])
-            return
-        self.note(path, field_name, "logical_type", writer=describe_logical(writer.logical),
-                  reader=describe_logical(reader.logical))
+        if not old.get("logicalType") == new.get("logicalType") == "decimal":
+            return self._note(path, field, "logical_type", writer=_logical(writer) or "no logical type",
+                              reader=_logical(reader) or "no logical type")
+        if old.get("scale", 0) != new.get("scale", 0):
+            self._fail(path, field, "decimal_scale", writer=old.get("scale", 0), reader=new.get("scale", 0))
+        if old.get("precision") != new.get("precision"):
+            self._note(path, field, "decimal_precision", writer=old.get("precision"), reader=new.get("precision"))
+
+    def _fail(self, path: str, field: str | None, kind: str, **details: Any) -> None:
+        self.problems.append(Incompatibility(path, field, _render(kind, self.direction, **details), kind))
+
+    def _note(self, path: str, field: str | None, kind: str, **details: Any) -> None:
+        self.notes.append(Note(path, field, _render(kind, self.direction, **details), kind))
 
 
 def resolve(reader: Any, writer: Any, direction: Direction | None = None) -> Resolution:
-    """Incompatibilities and notes of reading `writer` data with `reader`. Schemas are JSON text, decoded
-    JSON or parsed Nodes. `direction` only words the reasons (BACKWARD: the reader is the new schema)."""
-    reader_node, writer_node = parse(reader), parse(writer)
+    """Incompatibilities and notes of reading `writer` data with `reader`, in the order the schemas read.
+    Schemas are JSON text, decoded JSON or avro Schemas; `direction` only words the reasons (BACKWARD: the
+    reader is the new schema)."""
+    reader_schema, writer_schema = parse(reader), parse(writer)
     resolver = _Resolver(direction)
-    root = "union" if "union" in (reader_node.type, writer_node.type) else label(reader_node)
-    resolver.resolve(reader_node, writer_node, root, None)
+    root = "union" if "union" in (reader_schema.type, writer_schema.type) else label(reader_schema)
+    resolver.resolve(reader_schema, writer_schema, root, None)
     return Resolution(tuple(resolver.problems), tuple(resolver.notes))
 
 
@@ -522,13 +369,13 @@ def check_mode(new: Any, registered: Sequence[tuple[int, Any]], mode: Mode) -> M
     levels compare with the highest version only, transitive ones with every version, NONE with none."""
     ordered = sorted(registered, key=lambda pair: pair[0])
     targets = [] if mode is Mode.NONE else ordered if mode.transitive else ordered[-1:]
-    new_node = parse(new)
+    new_schema = parse(new)
     problems: list[Finding] = []
     notes: list[Finding] = []
     for version, old in targets:
-        old_node = parse(old)
+        old_schema = parse(old)
         for direction in mode.directions:
-            reader, writer = (new_node, old_node) if direction is Direction.BACKWARD else (old_node, new_node)
+            reader, writer = (new_schema, old_schema) if direction is Direction.BACKWARD else (old_schema, new_schema)
             outcome = resolve(reader, writer, direction)
             problems.extend(Finding(version, direction, i) for i in outcome.incompatibilities)
             notes.extend(Finding(version, direction, n) for n in outcome.notes)

@@ -310,12 +310,12 @@ def test_namespaces_and_references():
         fld("inner", record("Inner", fld("x", "int"))),
         fld("again", "Inner"), fld("full", "a.b.Inner")]}
     node = parse(schema)
-    assert node.name == "a.b.Outer"
+    assert node.fullname == "a.b.Outer"
     assert node.fields[0].type is node.fields[1].type is node.fields[2].type
 
 
 def test_unknown_reference_is_a_parse_error():
-    with pytest.raises(SchemaParseError, match="unknown type 'Missing'"):
+    with pytest.raises(SchemaParseError, match="Could not make an Avro Schema object from Missing"):
         parse(record("R", fld("x", "Missing")))
 
 
