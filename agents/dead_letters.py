@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 
 from agents.metrics import EVENTS
 from app.settings import Settings
-from connectors import kafka
+from connectors import ServiceUnavailable, kafka
 
 DLQ_TOPIC = "cqrs-dead-letters"
 
@@ -37,11 +37,18 @@ def dead_letter_headers(record: SourceRecord, *, projection: str, reason: str, e
     return [*(record.headers or []), *((f"dlq.{k}", v.encode()) for k, v in meta.items())]
 
 
+def dead_letter_topic(settings: Settings) -> kafka.TopicSpec:
+    return kafka.TopicSpec(DLQ_TOPIC, 3, settings.topic_replication_factor)
+
+
 class DeadLetters:
-    """Produces dead letters with the original key so replays land on the original partition."""
+    """Produces dead letters with the original key so replays land on the original partition. The topic is
+    created when missing (auto-creation is off), so a first dead letter never waits for a topic that is not there."""
 
     def __init__(self, settings: Settings, projection: str) -> None:
+        kafka.ensure_topics(settings, [dead_letter_topic(settings)])
         self.projection = projection
+        self.bootstrap = settings.kafka_bootstrap_servers
         self.producer = Producer({**kafka.base_config(settings), "enable.idempotence": True, "acks": "all",
                                   "linger.ms": 5, "partitioner": "murmur2_random"})
 
@@ -54,8 +61,9 @@ class DeadLetters:
 
     async def flush(self, timeout: float = 30.0) -> None:
         remaining = await asyncio.to_thread(self.producer.flush, timeout)
-        if remaining:
-            raise RuntimeError(f"{remaining} dead letters not acknowledged within {timeout:.0f}s")
+        if remaining:  # Kafka away: an outage the engine waits out; the producer keeps the letters queued
+            raise ServiceUnavailable(kafka.SERVICE, self.bootstrap,
+                                     f"{remaining} dead letters not acknowledged within {timeout:.0f}s")
 
 
 def describe(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:

@@ -296,7 +296,7 @@ class BatchProcessor:
                 if report.last_occurred_at is None or event["occurred_at"] > report.last_occurred_at:
                     report.last_occurred_at = event["occurred_at"]
         if report.dead_lettered:
-            await self.dead_letters.flush()
+            await self._retry("dead letters", self.dead_letters.flush)
         self.held_floor = {}
         for record in self._records.values():  # what is left is held by the gate
             tp = (record.topic, record.partition)

@@ -59,16 +59,13 @@ def outage_store(exc: BaseException | None) -> str | None:
 
 
 class StoreHealth:
-    """The stores a worker is waiting for. The first failure of a store pauses consumption (`on_down`);
-    when no store is down any more, consumption resumes (`on_up`). Readiness is false meanwhile."""
+    """The stores a worker is waiting for, and since when; readiness is false while there is any."""
 
-    def __init__(self, projection: str, on_down: Callable[[], None] = lambda: None,
-                 on_up: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, projection: str, clock: Callable[[], float] = time.monotonic) -> None:
         self.projection = projection
-        self.on_down = on_down
-        self.on_up = on_up
         self.clock = clock
         self.down: dict[str, float] = {}   # store -> since (clock)
+        self.waited_s = 0.0                 # outages that ended, in all
         self.started = False               # tables restored, consuming
 
     @property
@@ -78,23 +75,25 @@ class StoreHealth:
     def failed(self, store: str, what: str, exc: BaseException) -> None:
         if store in self.down:
             return
-        log.warning("%s: %s is unavailable (%s: %s); pausing consumption until it is back", self.projection, store,
-                    type(exc).__name__, exc)
-        first = not self.down
+        log.warning("%s: %s is unavailable (%s: %s); waiting for it", self.projection, store, type(exc).__name__, exc)
         self.down[store] = self.clock()
         STORE_UP.labels(self.projection, store).set(0)
-        if first:
-            self.on_down()
 
     def recovered(self, stores: set[str]) -> None:
         back = [s for s in stores if s in self.down]
+        if back and len(back) == len(self.down):
+            self.waited_s += self.outage_s()
         for store in back:
             log.warning("%s: %s is back after %.1fs; resuming", self.projection, store,
                         self.clock() - self.down.pop(store))
             STORE_UP.labels(self.projection, store).set(1)
-        if back and not self.down:
-            self.on_up()
 
     def outage_s(self) -> float:
         """How long the oldest ongoing outage has lasted (0 when none)."""
         return self.clock() - min(self.down.values()) if self.down else 0.0
+
+    def consuming_time(self) -> float:
+        """A clock that stands still while the worker waits for a store: the sequence gate measures how long
+        it holds an event in it, so a missing event the worker could not read during an outage is not
+        given up on because of the outage."""
+        return self.clock() - self.waited_s - self.outage_s()

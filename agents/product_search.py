@@ -15,7 +15,7 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch, BadRequestError, NotFoundError
 from elasticsearch.helpers import async_bulk
 
-from agents.search_bulk import bulk_failures
+from agents.search_bulk import DocumentsUnavailable, bulk_failures
 from app.read_model_versions import ServingRecord
 from app.read_models import PRODUCTS_ALIAS, PRODUCTS_MAPPING, products_index
 from domain.views import apply_product_event
@@ -72,10 +72,17 @@ class ProductSearch:
         self.index = await aliased_index(self.es, self.alias)
 
     async def load(self, aggregate_ids: list[str]) -> dict[str, Any]:
+        """The indexed documents by id. A document the cluster could not read (its shard not available yet,
+        as right after a restart) is not "absent": reading it as absent would lose the stored sequence, so
+        it is raised as an outage and the load is repeated."""
         try:
             resp = await self.es.mget(index=self.index, ids=aggregate_ids)
         except NotFoundError:
             return {}
+        unreadable = {d["_id"]: f"{d['error'].get('type')}: {d['error'].get('reason')}"
+                      for d in resp["docs"] if d.get("error")}
+        if unreadable:
+            raise DocumentsUnavailable(503, unreadable)
         return {d["_id"]: d["_source"] for d in resp["docs"] if d.get("found")}
 
     def last_seq(self, state: Any) -> int:

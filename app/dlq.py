@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from agents.dead_letters import DLQ_TOPIC, describe
+from agents.dead_letters import DLQ_TOPIC, dead_letter_topic, describe
 from app.settings import Settings
 from connectors import kafka
 
@@ -37,7 +37,7 @@ class DeadLetter:
 
 
 def _ensure_topic(settings: Settings) -> None:
-    kafka.ensure_topics(settings, [kafka.TopicSpec(DLQ_TOPIC, 3, settings.topic_replication_factor)])
+    kafka.ensure_topics(settings, [dead_letter_topic(settings)])
 
 
 def read_dead_letters(settings: Settings, *, group: str | None = None, limit: int | None = 10_000,

@@ -2,6 +2,7 @@
 Each step is idempotent, so every process may run it at start."""
 from __future__ import annotations
 
+from agents.dead_letters import dead_letter_topic
 from app.settings import Settings
 from connectors import kafka, registry
 from schemas import TOPICS
@@ -26,6 +27,7 @@ def setup_all(settings: Settings) -> dict[str, str]:
 
     revision = migrate(settings)
     codecs = prepare_event_codecs(settings)
+    kafka.ensure_topics(settings, [dead_letter_topic(settings)])
     return {"write model": f"migrated to revision {revision}",
             **{f"topic {t}": f"{settings.topic_partitions} partitions, schema id {c.schema_id}"
                for t, c in codecs.items()}}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import faust
@@ -56,7 +55,10 @@ async def build_projection(name: str, settings: Settings) -> tuple[Projection, l
         serving = await current(db[READ_MODEL_VERSIONS], name)
         await ensure_order_indexes(db, serving.order_collections)
         return OrderViews(db, pool, redis), closers, db
-    es = AsyncElasticsearch(settings.elasticsearch_url, request_timeout=30)
+    # The worker's retry policy decides how long to wait for the search cluster; the client's own node
+    # back-off (up to 30 s by default) would hold writes back long after the cluster is back.
+    es = AsyncElasticsearch(settings.elasticsearch_url, request_timeout=30, max_retries=1,
+                            max_dead_node_backoff=1.0)
     closers.append(es.close)
     alias = settings.es_products_alias
     await ensure_products_index(es, alias)
@@ -134,12 +136,6 @@ def report_offset_lag(app: faust.App, name: str, records: list[SourceRecord], re
             reported.add(tp)
 
 
-def pause_sources(app: faust.App, sources: Sequence[str], pause: bool) -> None:
-    """Stop (or resume) fetching the source partitions this worker owns; the assignment stays."""
-    owned = [tp for tp in app.consumer.assignment() if tp.topic in sources]
-    (app.consumer.pause_partitions if pause else app.consumer.resume_partitions)(owned)
-
-
 def create_worker_app(name: str, settings: Settings, health: StoreHealth | None = None) -> faust.App:
     """The Faust app of one projection. `health` (served on the worker's /readyz) learns when the worker
     has restored its tables and which stores it is waiting for."""
@@ -166,9 +162,11 @@ def create_worker_app(name: str, settings: Settings, health: StoreHealth | None 
     sources = source_topics(name, settings.topic_prefix)
     topic = app.topic(*sources, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     state: dict = {}
+    # While the worker waits for a store its agent takes nothing from the stream, so Faust's flow control
+    # stops fetching each source partition once its buffer (stream_buffer_maxsize) is full, and resumes as
+    # it drains. Faust's pause_partitions is not used: faust-streaming drops records already fetched for a
+    # paused partition (the fault suite saw the worker re-reading them in a loop after the pause).
     health = health or StoreHealth(name)
-    health.on_down = lambda: pause_sources(app, sources, True)
-    health.on_up = lambda: pause_sources(app, sources, False)
     guard = CommitGuard(app, settings, name, sources, health)
     lag_reported: set[TP] = set()
 
@@ -179,7 +177,7 @@ def create_worker_app(name: str, settings: Settings, health: StoreHealth | None 
             versions = state["versions"] = db[READ_MODEL_VERSIONS]
             codecs = prepare_event_codecs(settings)
             processor = BatchProcessor(projection, codecs, progress, DeadLetters(settings, name),
-                                       SequenceGate(settings.gap_hold_seconds), health=health)
+                                       SequenceGate(settings.gap_hold_seconds, clock=health.consuming_time), health=health)
             follower = state["follower"] = ServingFollower(projection, versions)
             state["processor"], state["closers"] = processor, closers
             guard.held_floor = lambda: processor.held_floor
