@@ -5,13 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := deploy/local/stack
 PYTEST_ARGS ?=
+CHAOS_ARGS ?=
 
-.PHONY: help venv stack-up stack-down stack-status stack-logs demo smoke test test-unit lag schemas-check k8s-validate monitoring-check bench-commands bench-projections bench-rebuild clean
+.PHONY: help venv stack-up stack-down stack-status stack-logs demo smoke test test-unit lag schemas-check k8s-validate monitoring-check bench-commands bench-projections bench-rebuild chaos clean
 
 help:
 	@echo "make demo         bring the local stack up and play the story through gateway, query API and workers"
 	@echo "make test         bring the local stack up (if needed) and run every test"
 	@echo "make test-unit    pure unit tests, no services"
+	@echo "make chaos        fault-injection run (CHAOS_ARGS=--short for the ~90 s variant; see python -m tests.chaos --help)"
 	@echo "make stack-up | stack-down | stack-status | stack-logs"
 
 venv: $(VENV)/.installed
@@ -68,3 +70,6 @@ bench-projections: venv stack-up
 
 bench-rebuild: venv stack-up
 	$(BIN)/python -m benchmarks.rebuild
+
+chaos: venv stack-up
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)

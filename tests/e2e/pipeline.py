@@ -3,12 +3,16 @@ models (own topics, read database, search alias and Redis database), the traffic
 the truth their read models must equal, derived from the write model."""
 from __future__ import annotations
 
+import json
 import random
 import time
 import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from elasticsearch.helpers import scan
 
@@ -102,6 +106,26 @@ class Pipeline:
         finally:
             client.close()
 
+    def ledgers(self, order_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The sales projection's per-order ledger (serving version) of each order that has one:
+        {order id: {"seq": int, "state": dict}}."""
+        client = mongo.mongo_client(self.settings)
+        try:
+            prefix = serving_record(mongo.read_database(self.settings, client), "sales-stats").sales_prefix
+        finally:
+            client.close()
+        r = redis.redis_client(self.settings)
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(order_ids), 1000):
+            chunk = order_ids[start:start + 1000]
+            pipe = r.pipeline(transaction=False)
+            for oid in chunk:
+                pipe.hmget(f"{prefix}ledger:{oid}", "seq", "state")
+            for oid, (seq, state) in zip(chunk, pipe.execute()):
+                if seq is not None:
+                    found[oid] = {"seq": int(seq), "state": json.loads(state) if state else None}
+        return found
+
     def cleanup(self) -> None:
         client = mongo.mongo_client(self.settings)
         client.drop_database(self.settings.mongo_database)
@@ -140,15 +164,20 @@ def place_orders(client, rng: random.Random, orders: int, made: dict) -> dict:
 
 
 def truth(settings: Settings, made: dict) -> dict:
-    """What the read models must say, computed from the write model."""
+    """What the read models must say, computed from the write model: per order its status, total,
+    customer, lines, version (= the last event's sequence) and creation time; per product its sales
+    figures, stock, name and price; the count and revenue (cents) of the orders that are not cancelled."""
     with postgres.connect(settings) as conn:
-        orders = {r[0]: {"status": r[1], "total": f"{r[2]:.2f}", "customer_id": r[3], "customer_name": r[4]}
-                  for r in conn.execute("select o.order_id, o.status, o.total, o.customer_id, c.name from orders o "
-                                        "join customers c using (customer_id) where o.order_id = any(%s)",
-                                        (made["orders"],))}
-        for oid in orders:
-            orders[oid]["items"] = sorted((r[0], r[1], f"{r[2]:.2f}") for r in conn.execute(
-                "select product_id, quantity, unit_price from order_items where order_id = %s", (oid,)))
+        orders = {r[0]: {"status": r[1], "total": f"{r[2]:.2f}", "customer_id": r[3], "customer_name": r[4],
+                         "version": r[5], "created_at": r[6], "items": []}
+                  for r in conn.execute("select o.order_id, o.status, o.total, o.customer_id, c.name, o.version, "
+                                        "o.created_at from orders o join customers c using (customer_id) "
+                                        "where o.order_id = any(%s)", (made["orders"],))}
+        for oid, pid, qty, price in conn.execute("select order_id, product_id, quantity, unit_price from order_items "
+                                                 "where order_id = any(%s)", (list(orders),)):
+            orders[oid]["items"].append((pid, qty, f"{price:.2f}"))
+        for o in orders.values():
+            o["items"].sort()
         stats = {pid: (0, 0) for pid in made["products"]}
         for oid, o in orders.items():
             if o["status"] != "cancelled":
@@ -157,9 +186,11 @@ def truth(settings: Settings, made: dict) -> dict:
                     stats[pid] = (count + 1, units + qty)
         stock = dict(conn.execute("select product_id, available from stock where product_id = any(%s)",
                                   (made["products"],)).fetchall())
+        products = {r[0]: {"name": r[1], "price": r[2]} for r in conn.execute(
+            "select product_id, name, price from products where product_id = any(%s)", (made["products"],))}
     live = [o for o in orders.values() if o["status"] != "cancelled"]
     cents = sum(int(Decimal(o["total"]) * 100) for o in live)
-    return {"orders": orders, "stats": stats, "stock": stock, "sales": (len(live), cents)}
+    return {"orders": orders, "stats": stats, "stock": stock, "products": products, "sales": (len(live), cents)}
 
 
 def check_against_truth(pipeline: Pipeline, truth: dict, timeout: float = 30.0) -> None:
@@ -175,24 +206,161 @@ def check_against_truth(pipeline: Pipeline, truth: dict, timeout: float = 30.0) 
 
 
 def compare(pipeline: Pipeline, truth: dict) -> None:
+    """Every read model equals the truth; the failure lists what differs, per read model."""
+    found = count_mismatches(pipeline, truth)
+    assert not found.total, f"read models differ from the write model:\n{found.describe()}"
+
+
+# ---- counting mismatches ------------------------------------------------------------------------------
+
+READ_MODELS = ("order_views", "customer_history", "product_stats", "search", "sales_ledgers", "sales_days")
+EXAMPLES = 5
+LEDGER_CLOCK_SKEW_S = 5.0  # the event's time (gateway clock) vs the row's created_at (database clock)
+
+
+@dataclass
+class Mismatches:
+    """How many documents of each read model differ from the truth, with up to EXAMPLES ids (and why)
+    each: a fault-injection run reports every damaged read model, not just the first difference."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, model: str, ident: str, why: str) -> None:
+        self.counts[model] = self.counts.get(model, 0) + 1
+        shown = self.examples.setdefault(model, [])
+        if len(shown) < EXAMPLES:
+            shown.append(f"{ident}: {why}")
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def merge(self, other: Mismatches) -> Mismatches:
+        for model, count in other.counts.items():
+            self.counts[model] = self.counts.get(model, 0) + count
+            self.examples.setdefault(model, []).extend(other.examples.get(model, []))
+            del self.examples[model][EXAMPLES:]
+        return self
+
+    def describe(self) -> str:
+        return "\n".join(f"  {model}: {count} ({'; '.join(self.examples.get(model, []))})"
+                         for model, count in self.counts.items() if count)
+
+
+def count_mismatches(pipeline: Pipeline, truth: dict) -> Mismatches:
+    """Compare every read model of `pipeline` with `truth` and count the documents that differ."""
     snap = pipeline.snapshot()
-    views = {v["_id"]: v for v in snap["order_views"]}
-    assert set(views) == set(truth["orders"]), "order views are not exactly the orders of the write model"
-    for oid, want in truth["orders"].items():
-        v = views[oid]
-        assert (v["status"], v["total"], v["customer_id"], v["customer_name"]) == (
-            want["status"], want["total"], want["customer_id"], want["customer_name"]), oid
-        assert sorted((i["product_id"], i["quantity"], i["unit_price"]) for i in v["items"]) == want["items"], oid
-    history = {(h["customer_id"], h["order_id"]): h for h in snap["history"]}
-    assert len(history) == len(snap["history"]) == len(truth["orders"]), "one history entry per order"
-    for oid, want in truth["orders"].items():
-        assert history[(want["customer_id"], oid)]["status"] == want["status"], oid
-    stats = {d["_id"]: (d["purchase_count"], d["units_sold"]) for d in snap["product_stats"]}
+    found = Mismatches(counts=dict.fromkeys(READ_MODELS, 0))
+    orders = truth["orders"]
+    _order_views(found, snap["order_views"], orders)
+    _history(found, snap["history"], orders)
+    stats = {d["_id"]: (d.get("purchase_count"), d.get("units_sold")) for d in snap["product_stats"]}
     for pid, want in truth["stats"].items():
-        assert stats.get(pid, (0, 0)) == want, pid
-    search = dict(snap["search"])
+        if stats.get(pid, (0, 0)) != want:
+            found.add("product_stats", pid, f"(purchases, units) {stats.get(pid)} != {want}")
+    _search(found, dict(snap["search"]), truth)
+    ledgers = pipeline.ledgers(list(orders))
+    _ledgers(found, ledgers, orders)
+    _sales_days(found, snap["sales"], orders, ledgers)
+    return found
+
+
+def _order_views(found: Mismatches, docs: list[dict], orders: dict) -> None:
+    views = {v["_id"]: v for v in docs}
+    for oid in sorted(set(views) - set(orders)):
+        found.add("order_views", oid, "a view of no order in the write model")
+    for oid, want in orders.items():
+        v = views.get(oid)
+        if v is None:
+            found.add("order_views", oid, "missing")
+            continue
+        got = (v.get("status"), v.get("total"), v.get("customer_id"), v.get("customer_name"), v.get("last_seq"))
+        expected = (want["status"], want["total"], want["customer_id"], want["customer_name"], want["version"])
+        items = sorted((i["product_id"], i["quantity"], i["unit_price"]) for i in v.get("items") or [])
+        if got != expected:
+            found.add("order_views", oid, f"(status, total, customer, name, last_seq) {got} != {expected}")
+        elif items != want["items"]:
+            found.add("order_views", oid, f"items {items} != {want['items']}")
+
+
+def _history(found: Mismatches, docs: list[dict], orders: dict) -> None:
+    entries: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for h in docs:
+        entries[(h.get("customer_id"), h.get("order_id"))].append(h)
+    wanted = {(want["customer_id"], oid) for oid, want in orders.items()}
+    for key in sorted(set(entries) - wanted, key=str):
+        found.add("customer_history", f"{key[0]}:{key[1]}", "an entry of no order of that customer")
+    for oid, want in orders.items():
+        got = entries.get((want["customer_id"], oid), [])
+        if len(got) != 1:
+            found.add("customer_history", oid, f"{len(got)} entries instead of one")
+            continue
+        seen = (got[0].get("status"), got[0].get("total"), got[0].get("last_seq"))
+        if seen != (want["status"], want["total"], want["version"]):
+            found.add("customer_history", oid, f"(status, total, last_seq) {seen} != "
+                                               f"{(want['status'], want['total'], want['version'])}")
+
+
+def _search(found: Mismatches, search: dict, truth: dict) -> None:
     for pid, available in truth["stock"].items():
-        assert search[pid]["stock"] == available and search[pid]["purchase_count"] == truth["stats"][pid][0]
-    day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-    sales = snap["sales"].get(sales_day_key(day, prefix=""), {})
-    assert (int(sales.get("orders", 0)), int(sales.get("revenue_cents", 0))) == truth["sales"]
+        doc = search.get(pid)
+        if doc is None:
+            found.add("search", pid, "missing")
+            continue
+        product = truth.get("products", {}).get(pid)
+        got = (doc.get("stock"), doc.get("purchase_count"))
+        want = (available, truth["stats"][pid][0])
+        if product is not None:
+            got += (doc.get("name"), doc.get("price"))
+            want += (product["name"], float(product["price"]))
+        if got != want:
+            found.add("search", pid, f"(stock, purchase_count, name, price) {got} != {want}")
+
+
+def _ledgers(found: Mismatches, ledgers: dict[str, dict], orders: dict) -> None:
+    for oid, want in orders.items():
+        ledger = ledgers.get(oid)
+        if ledger is None or not ledger["state"]:
+            found.add("sales_ledgers", oid, "missing")
+            continue
+        state = ledger["state"]
+        got = (ledger["seq"], state.get("status"), Decimal(state.get("total", "0")),
+               sorted((pid, int(q)) for pid, q in state.get("items", [])))
+        expected = (want["version"], want["status"], Decimal(want["total"]),
+                    sorted((pid, qty) for pid, qty, _ in want["items"]))
+        if got != expected:
+            found.add("sales_ledgers", oid, f"(seq, status, total, items) {got} != {expected}")
+            continue
+        created = _ledger_time(state)
+        if created is None or abs((created - want["created_at"]).total_seconds()) > LEDGER_CLOCK_SKEW_S:
+            found.add("sales_ledgers", oid, f"created_at {state.get('created_at')} != {want['created_at']}")
+
+
+def _ledger_time(state: dict) -> datetime | None:
+    try:
+        at = datetime.fromisoformat(state["created_at"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=timezone.utc)
+
+
+def _sales_days(found: Mismatches, sales: dict[str, dict], orders: dict, ledgers: dict[str, dict]) -> None:
+    """Day and hour counters equal the sums over the orders that are not cancelled, each counted on the
+    day and hour of its creation (the event's time the ledger recorded, else the row's)."""
+    expected: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for oid, o in orders.items():
+        if o["status"] == "cancelled":
+            continue
+        at = (_ledger_time(ledgers[oid]["state"] or {}) if oid in ledgers else None) or o["created_at"]
+        at = at.astimezone(timezone.utc)
+        day, hour, cents = at.strftime("%Y-%m-%d"), at.strftime("%H"), int(Decimal(o["total"]) * 100)
+        for fld, amount in (("orders", 1), ("revenue_cents", cents), (f"hour:{hour}:orders", 1),
+                            (f"hour:{hour}:revenue_cents", cents)):
+            expected[sales_day_key(day, prefix="")][fld] += amount
+    for key in sorted(set(sales) | set(expected)):
+        got = {k: int(v) for k, v in sales.get(key, {}).items() if int(v)}
+        want = {k: v for k, v in expected.get(key, {}).items() if v}
+        if got != want:
+            wrong = sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
+            found.add("sales_days", key, f"{', '.join(f'{k} {got.get(k, 0)} != {want.get(k, 0)}' for k in wrong[:4])}")
