@@ -13,7 +13,7 @@ help:
 	@echo "make demo         bring the local stack up and play the story through gateway, query API and workers"
 	@echo "make test         bring the local stack up (if needed) and run every test"
 	@echo "make test-unit    pure unit tests, no services"
-	@echo "make chaos        fault-injection run (CHAOS_ARGS=--short for the ~90 s variant; see python -m tests.chaos --help)"
+	@echo "make chaos        fault-injection run, ~10 min (CHAOS_ARGS=--short: the ~4 min variant the tests run; python -m tests.chaos --help)"
 	@echo "make stack-up | stack-down | stack-status | stack-logs"
 
 venv: $(VENV)/.installed

@@ -42,8 +42,10 @@ async def build_projection(name: str, settings: Settings) -> tuple[Projection, l
     """The projection with its async clients; returns it, the closers to call on shutdown and the read
     database (where the serving version of a rebuildable read model is recorded)."""
     timeout_ms = int(settings.connect_timeout_s * 1000)
+    # pymongo bounds every read itself (socketTimeoutMS) well within the engine's attempt bound, so an
+    # attempt is never cancelled inside the async driver (which can leave its topology lock broken).
     mongo = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
-                             retryWrites=False, tz_aware=True)
+                             socketTimeoutMS=30_000, retryWrites=False, tz_aware=True)
     db = mongo[settings.mongo_database]
     redis = redis_connector.async_redis_client(settings)
     closers = [mongo.close, redis.aclose]

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import pymongo
 from elasticsearch import AsyncElasticsearch
@@ -70,8 +70,7 @@ class Deadline:
         is not run and the store that took the budget is named, not the one that was never asked."""
         seconds = self.remaining() if limit is None else min(limit, self.remaining())
         if seconds <= 0:
-            slowest = max(self._spent, key=self._spent.__getitem__, default=service)
-            raise StoreUnavailable(slowest, f"took the request's {self.budget_s:g}s budget; {service} not asked")
+            self._nothing_left(service)
         started = self._clock()
         try:
             async with asyncio.timeout(seconds):
@@ -84,10 +83,24 @@ class Deadline:
 
     @contextlib.asynccontextmanager
     async def mongodb(self, share: float = 1.0) -> AsyncIterator[None]:
-        """`within` for MongoDB; pymongo itself gives up after `share` of the time (its own error)."""
-        async with self.within("mongodb") as seconds:
-            with pymongo.timeout(seconds * share):
+        """The budget (`share` of what is left) for MongoDB calls, enforced by pymongo itself: its client-side
+        operation timeout bounds server selection, connection checkout and every read, and raises its own
+        error (answered 503 naming mongodb). Never cancelled from outside: cancelling the async driver
+        while it selects a server leaves its topology lock broken, and every later call of the process
+        then hangs — the fault suite saw a query API stay unavailable after MongoDB had come back."""
+        seconds = self.remaining() * share
+        if seconds <= 0:
+            self._nothing_left("mongodb")
+        started = self._clock()
+        try:
+            with pymongo.timeout(seconds):
                 yield
+        finally:
+            self._spent["mongodb"] = self._spent.get("mongodb", 0.0) + self._clock() - started
+
+    def _nothing_left(self, service: str) -> NoReturn:
+        slowest = max(self._spent, key=self._spent.__getitem__, default=service)
+        raise StoreUnavailable(slowest, f"took the request's {self.budget_s:g}s budget; {service} not asked")
 
     def cache_limit(self) -> float:
         return max(CACHE_FLOOR_S, self.budget_s * CACHE_SHARE)
@@ -143,10 +156,15 @@ class Stores:
             if not await self.es.options(request_timeout=timeout).ping():
                 raise ConnectionError("no answer")
 
-        probes: dict[str, Awaitable[Any]] = {"mongodb": self.db.command("ping"), "elasticsearch": elasticsearch(),
-                                             "redis": self.redis.ping(), "postgresql": postgres()}
-        results = await asyncio.gather(*(asyncio.wait_for(p, timeout) for p in probes.values()),
+        async def mongodb() -> None:
+            with pymongo.timeout(timeout):  # bounded by pymongo itself, never cancelled (see Deadline.mongodb)
+                await self.db.command("ping")
+
+        probes: dict[str, Awaitable[Any]] = {"elasticsearch": elasticsearch(), "redis": self.redis.ping(),
+                                             "postgresql": postgres()}
+        results = await asyncio.gather(mongodb(), *(asyncio.wait_for(p, timeout) for p in probes.values()),
                                        return_exceptions=True)
+        probes = {"mongodb": None, **probes}
         return {name: "ok" if not isinstance(r, BaseException) else
                 (f"{type(r).__name__}: {r}".splitlines()[0][:200] if str(r) else type(r).__name__)
                 for name, r in zip(probes, results)}

@@ -37,7 +37,7 @@ class ChaosConfig:
     restart_delay_s: tuple[float, float] = (1.0, 3.0)   # a supervisor restarts an exited worker after this
     failpoint_window_s: float = 45.0   # how long an armed worker may take to fire (it joins its group first)
     recovery_timeout_s: float = 120.0  # past it, a fault is reported "not recovered"
-    recovery_limit_s: float = 15.0     # the verdict: every recovery at most this
+    recovery_limit_s: float = 15.0     # the verdict: every store's or Kafka's recovery at most this
     settle_timeout_s: float = 180.0    # final catch-up after traffic stopped
     upkeep_s: float = 30.0             # time allowed for periodic copies (dirty products) before counting
     sample_orders: int = 300           # orders read twice through the query API (0: all)

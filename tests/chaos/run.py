@@ -97,7 +97,9 @@ def run_chaos(config: ChaosConfig) -> ChaosResult:
                            {"MONGO_DATABASE": pipeline.settings.mongo_database,
                             "ES_PRODUCTS_ALIAS": pipeline.settings.es_products_alias,
                             "REDIS_URL": pipeline.env["REDIS_URL"]})
-        worker_env = {**pipeline.env, "PROJECTION_GROUP_SUFFIX": suffix, "PYTHONUNBUFFERED": "1", RUN_ENV: run_id,
+        # Workers run with the operator's batch settings, not the end-to-end tests' small batches.
+        isolation = {k: v for k, v in pipeline.env.items() if not k.startswith("PROJECTION_BATCH")}
+        worker_env = {**isolation, "PROJECTION_GROUP_SUFFIX": suffix, "PYTHONUNBUFFERED": "1", RUN_ENV: run_id,
                       **config.extra_env}
         supervisor = WorkerSupervisor(worker_env, run_dir, clock, random.Random(config.seed + 1),
                                       config.workers_per_projection, config.restart_delay_s)
