@@ -20,7 +20,7 @@ from app.read_model_versions import ServingRecord
 from app.read_models import PRODUCTS_ALIAS, PRODUCTS_MAPPING, products_index
 from domain.views import apply_product_event
 
-OWNED_ELSEWHERE = ("purchase_count", "sales_version")
+OWNED_ELSEWHERE = ("purchase_count", "sales_version", "purchase_count_version")
 SERVING_REFRESH = "1s"
 
 

@@ -171,21 +171,28 @@ class SalesStats:
             await self.sync_products(probe=False)
         return {}
 
-    async def _copy_purchase_counts(self, counts: dict[str, int]) -> set[str]:
-        """Copy purchase counts into the search index, each only over a copy of the same or an older sales
-        version, as a compare-and-set on the document's sequence number (no scripting needed). Returns the
-        products whose copy is not in place (not indexed yet, a concurrent change, or a newer version's)."""
-        current = await self.es.mget(index=self.alias, ids=list(counts), source_includes=["sales_version"])
+    async def _copy_purchase_counts(self, counts: dict[str, tuple[int, int]]) -> set[str]:
+        """Copy purchase counts ({product: (count, counter version)}) into the search index as a
+        compare-and-set on the document's sequence number (no scripting needed), each only over a copy of
+        an older sales version, or of this version at an older counter version: two workers copying one
+        product never leave the older figure behind. Returns the products whose copy is not in place (not
+        indexed yet, a concurrent change, or a newer version's)."""
+        fields = ["purchase_count", "sales_version", "purchase_count_version"]
+        current = await self.es.mget(index=self.alias, ids=list(counts), source_includes=fields)
         pending: set[str] = set()
         actions: list[dict] = []
         for doc in current["docs"]:
             pid = doc["_id"]
+            count, version = counts[pid]
             if not doc.get("found") or (doc["_source"].get("sales_version") or 0) > self.version:
                 pending.add(pid)
                 continue
+            if self._holds(doc["_source"], version):
+                continue
             actions.append({"_op_type": "update", "_index": doc["_index"], "_id": pid, "if_seq_no": doc["_seq_no"],
                             "if_primary_term": doc["_primary_term"],
-                            "doc": {"purchase_count": counts[pid], "sales_version": self.version}})
+                            "doc": {"purchase_count": count, "sales_version": self.version,
+                                    "purchase_count_version": version}})
         if actions:
             _, errors = await async_bulk(self.es, actions, chunk_size=len(actions), raise_on_error=False,
                                          refresh=False)
@@ -198,12 +205,14 @@ class SalesStats:
             pending |= {bulk_item(error)["_id"] for error in errors}
         copied = [pid for pid in counts if pid not in pending]
         if copied:
-            indexed = await self.es.mget(index=self.alias, ids=copied,
-                                         source_includes=["purchase_count", "sales_version"])
+            indexed = await self.es.mget(index=self.alias, ids=copied, source_includes=fields)
             pending |= {d["_id"] for d in indexed["docs"]
-                        if not d.get("found") or d["_source"].get("purchase_count") != counts[d["_id"]]
-                        or d["_source"].get("sales_version") != self.version}
+                        if not d.get("found") or not self._holds(d["_source"], counts[d["_id"]][1])}
         return pending
+
+    def _holds(self, source: Mapping[str, Any], version: int) -> bool:
+        """The indexed copy is this sales version's, at counter version `version` or newer."""
+        return source.get("sales_version") == self.version and (source.get("purchase_count_version") or 0) >= version
 
     async def tick(self) -> None:
         await self.sync_products()
@@ -225,7 +234,7 @@ class SalesStats:
         stored = await self._while_available("mongodb", lambda: self._copy_stats(figures), {}, probe)
         missing: set[str] = set()
         if self.es is not None:
-            counts = {pid: c for pid, (c, _, _) in figures.items()}
+            counts = {pid: (c, v) for pid, (c, _, v) in figures.items()}
             missing = await self._while_available("elasticsearch", lambda: self._copy_purchase_counts(counts),
                                                   set(figures), probe)
         done = [pid for pid in product_ids

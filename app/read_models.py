@@ -135,6 +135,7 @@ PRODUCTS_MAPPING = {
         "review_count": {"type": "integer"},
         "purchase_count": {"type": "integer"},
         "sales_version": {"type": "integer"},
+        "purchase_count_version": {"type": "long"},
         "created_at": {"type": "date"},
         "updated_at": {"type": "date"},
         "last_seq": {"type": "long"},

@@ -189,12 +189,13 @@ class ProductSearchTarget:
             async for chunk in self._id_batches(index):
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for pid in chunk:
-                        pipe.hget(sales_product_key(pid, sales.sales_prefix), "purchase_count")
+                        pipe.hmget(sales_product_key(pid, sales.sales_prefix), "purchase_count", "version")
                     counts = await pipe.execute()
-                for pid, count in zip(chunk, counts):
+                for pid, (count, counter_version) in zip(chunk, counts):
                     if count is not None:
                         yield {"_op_type": "update", "_index": index, "_id": pid,
-                               "doc": {"purchase_count": int(count), "sales_version": sales.serving}}
+                               "doc": {"purchase_count": int(count), "sales_version": sales.serving,
+                                       "purchase_count_version": int(counter_version or 0)}}
 
         async for _, error in async_streaming_bulk(self.es, purchase_counts(), chunk_size=SCAN_BATCH,
                                                    raise_on_error=False, yield_ok=False, refresh=False):

@@ -37,7 +37,7 @@ from domain.views import (
     sales_contributions,
 )
 
-COPIED_BY_SALES = {"sales_version"}   # written only with the sales projection's purchase-count copies
+COPIED_BY_SALES = {"sales_version", "purchase_count_version"}   # written only with the sales projection's purchase-count copies
 
 T0 = datetime(2024, 3, 9, 22, 15, 0, tzinfo=timezone.utc)
 
