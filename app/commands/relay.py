@@ -141,6 +141,11 @@ class OutboxRelay:
                 PUBLISHED.labels(r.topic).inc()
         if len(acked) < len(rows):
             failed = next(r for r in rows if r.acked_at is None)
+            # A fresh producer for the retry: after a broker restart an idempotent producer has been seen
+            # timing out the same message for good. Rows are republished from the first unacknowledged one;
+            # a duplicate is harmless (projections skip what they applied).
+            stale, self.producer = self.producer, Producer(producer_config(self.settings))
+            await asyncio.to_thread(stale.purge)
             raise OSError(f"broker did not acknowledge outbox row {failed.id}: "
                           f"{failed.error or f'{remaining} still in flight'}")
         return len(rows)

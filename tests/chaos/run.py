@@ -214,7 +214,8 @@ def drop_isolated(run_id: str, redis_db: int | None, run_dir: Path) -> None:
     steps = [("topics", lambda: kafka.delete_topics(base, [t for t in kafka.admin_client(base).list_topics(
                  timeout=10).topics if run_id in t])),
              ("consumer groups", lambda: kafka.delete_consumer_groups(
-                 base, [consumer_group(p, suffix) for p in PROJECTIONS]))]
+                 base, [consumer_group(p, suffix) for p in PROJECTIONS])),
+             ("unpublished outbox rows", lambda: _drop_unpublished(base, run_id))]
     if redis_db is not None:
         steps.insert(0, ("read models", isolated_pipeline(run_id, redis_db, run_dir).cleanup))
     for what, step in steps:
@@ -224,3 +225,10 @@ def drop_isolated(run_id: str, redis_db: int | None, run_dir: Path) -> None:
             say(f"cleanup: could not drop the {what} of {run_id}: {type(exc).__name__}: {exc}")
     for projection in PROJECTIONS:
         shutil.rmtree(Path(base.worker_data_dir) / consumer_group(projection, suffix), ignore_errors=True)
+
+
+def _drop_unpublished(settings: Settings, run_id: str) -> None:
+    """Outbox rows of the run's topics that no relay published: their topics are gone, and the next relay
+    (of any prefix: rows carry their topic) would wait for them forever."""
+    with postgres.connect(settings, autocommit=True) as conn:
+        conn.execute("delete from outbox where published_at is null and topic like %s", (f"{run_id}-%",))
