@@ -38,6 +38,9 @@ POINTER_SHARE = 0.5
 # The cache is an optimisation: a lookup or fill may take this share of the budget (at least
 # CACHE_FLOOR_S), and a failure bypasses the cache for a while (CacheGuard) instead of failing the read.
 CACHE_SHARE = 0.2
+# pymongo's own time-out fires a little after the time it is given; this much of the budget is kept for
+# that and for answering.
+PYMONGO_MARGIN_S = 0.2
 CACHE_FLOOR_S = 0.25
 
 
@@ -88,7 +91,7 @@ class Deadline:
         error (answered 503 naming mongodb). Never cancelled from outside: cancelling the async driver
         while it selects a server leaves its topology lock broken, and every later call of the process
         then hangs — the fault suite saw a query API stay unavailable after MongoDB had come back."""
-        seconds = self.remaining() * share
+        seconds = self.remaining() * share - PYMONGO_MARGIN_S
         if seconds <= 0:
             self._nothing_left("mongodb")
         started = self._clock()

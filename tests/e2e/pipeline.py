@@ -99,7 +99,10 @@ class Pipeline:
                 "history": sorted(db[names.history].find(), key=lambda d: d["_id"]),
                 "product_stats": sorted(({k: v for k, v in d.items() if k != "version"}
                                          for d in db[sales.product_stats].find()), key=lambda d: d["_id"]),
-                "search": sorted((h["_id"], h["_source"]) for h in hits),
+                # purchase_count_version orders concurrent copies (like product stats' version): a replay
+                # may copy the same figures again under a higher one.
+                "search": sorted((h["_id"], {k: v for k, v in h["_source"].items() if k != "purchase_count_version"})
+                                 for h in hits),
                 "sales": {k.removeprefix(sales.sales_prefix): r.hgetall(k)
                           for k in sorted(r.scan_iter(f"{sales.sales_prefix}day:*"))},
             }
