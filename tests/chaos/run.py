@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,10 +25,11 @@ import redis as redis_py
 from app import processes
 from app.projections import PROJECTIONS, consumer_group
 from app.settings import Settings
-from connectors import kafka, postgres
+from connectors import postgres
 from tests.chaos.cached_reads import check_cached_reads
 from tests.chaos.config import ChaosConfig
 from tests.chaos.faults import FaultRunner, plan
+from tests.chaos.kafka_probe import KafkaProbe
 from tests.chaos.guard import RUN_ENV, Guard, record_isolation
 from tests.chaos.progress import GroupProgress
 from tests.chaos.report import ChaosResult
@@ -87,6 +89,7 @@ def run_chaos(config: ChaosConfig) -> ChaosResult:
     redis_db: int | None = None
     supervisor: WorkerSupervisor | None = None
     traffic: OpenLoopTraffic | None = None
+    progress: GroupProgress | None = None
     try:
         _setup(prefix, run_dir)
         redis_db = config.redis_db if config.redis_db is not None else _empty_redis_db(base)
@@ -116,7 +119,7 @@ def run_chaos(config: ChaosConfig) -> ChaosResult:
         traffic = OpenLoopTraffic(gateway.base_url, query.base_url, token, CommandMix(catalogue, rng), config.rate,
                                   config.read_share, config.max_in_flight, config.seed)
         traffic.start()
-        progress = GroupProgress(pipeline.settings, suffix)
+        progress = GroupProgress(pipeline.settings, suffix, say)
         runner = FaultRunner(config, supervisor, stack, progress, clock, rng, say)
         traffic_started = clock.now()
         _run_plan(config, runner, result, clock, traffic_started)
@@ -142,6 +145,8 @@ def run_chaos(config: ChaosConfig) -> ChaosResult:
             supervisor.stop()
             result.exits = list(supervisor.exits)
         apps.stop()
+        if progress is not None:
+            progress.close()
         drop_isolated(run_id, redis_db, run_dir)
         guard.stop()
         result.total_s = clock.now()
@@ -211,10 +216,8 @@ def drop_isolated(run_id: str, redis_db: int | None, run_dir: Path) -> None:
     changelogs), consumer groups and worker data."""
     base = Settings()
     suffix = f"-{run_id}"
-    steps = [("topics", lambda: kafka.delete_topics(base, [t for t in kafka.admin_client(base).list_topics(
-                 timeout=10).topics if run_id in t])),
-             ("consumer groups", lambda: kafka.delete_consumer_groups(
-                 base, [consumer_group(p, suffix) for p in PROJECTIONS])),
+    groups = [consumer_group(p, suffix) for p in PROJECTIONS]
+    steps = [("topics and consumer groups", lambda: _drop_kafka(run_id, groups)),
              ("unpublished outbox rows", lambda: _drop_unpublished(base, run_id))]
     if redis_db is not None:
         steps.insert(0, ("read models", isolated_pipeline(run_id, redis_db, run_dir).cleanup))
@@ -225,6 +228,13 @@ def drop_isolated(run_id: str, redis_db: int | None, run_dir: Path) -> None:
             say(f"cleanup: could not drop the {what} of {run_id}: {type(exc).__name__}: {exc}")
     for projection in PROJECTIONS:
         shutil.rmtree(Path(base.worker_data_dir) / consumer_group(projection, suffix), ignore_errors=True)
+
+
+def _drop_kafka(run_id: str, groups: list[str]) -> None:
+    """Through a child process, like every Kafka request of a run (see kafka_probe)."""
+    with closing(KafkaProbe({}, ROOT, say)) as probe:
+        if probe.ask({"op": "drop", "topics_with": run_id, "groups": groups, "timeout": 30}, 90.0) is not True:
+            raise RuntimeError("Kafka did not answer within 90 s")
 
 
 def _drop_unpublished(settings: Settings, run_id: str) -> None:
