@@ -8,16 +8,20 @@ build as the upstream production image (CGO_ENABLED=0, -trimpath). Go >= 1.21 fr
 go.mod asks for it); without any Go on the machine a pinned toolchain is fetched from the module
 proxy into the cache. A cold build takes a few minutes on 2 cores.
 
-PATCHES, two small fixes for v1.24.x; `ferretdb --version` reports package PACKAGE:
-  1. update iterators: the `update` command defers closing each statement's query iterator until
+PATCHES: the `.patch` files in ferretdb_patches/, applied in name order with `git apply` (an install
+stops if one does not apply). `ferretdb --version` reports package PACKAGE. For v1.24.x:
+  0001 update iterators: the `update` command defers closing each statement's query iterator until
      the whole command ends, and a non-multi update that matches a document keeps its PostgreSQL
      connection checked out until then. One `update` command (e.g. one bulk_write) with more than
      ~50 matching ReplaceOne/UpdateOne statements exhausts the 50-connection pool and wedges the
      whole server until restart. Fixed by closing each iterator after its statement.
-  2. _id lookups: equality filters are pushed down as `_jsonb->'key' @> value`, which the btree
+  0002 _id equality: equality filters are pushed down as `_jsonb->'key' @> value`, which the btree
      `_id_` index cannot serve, so every lookup/update/upsert by _id scans the whole table.
      For a string or ObjectID `_id` (never an array) `=` selects exactly the same rows and uses
      the index. Other fields keep `@>` (array-element matching) and still scan.
+  0003 _id $in: `_id: {$in: [...]}` was not pushed down at all (a scan of the whole collection per
+     query); with string or ObjectID values it becomes `_jsonb->'_id' = ANY(...)`, served by the same
+     index. The read models load a batch's documents with one such query, as on MongoDB.
 
 Needs the `ferretdb` database and role from Postgres.bootstrap(); start postgres first.
 Flags not passed by start() take their defaults from FERRETDB_* environment variables
@@ -52,24 +56,9 @@ VERSION = os.environ.get("FERRETDB_VERSION", "v1.24.2")
 GO_FALLBACK = "go1.24.3"
 GO_FALLBACK_SHA256 = {"amd64": "8a1b88943b81e6ac2e38890b492cf38f848909b867632f48f77caf83608cb107"}
 
-PACKAGE = "cqrs-local+iterfix+idpushdown"  # reported as "package" by `ferretdb --version`
+PACKAGE = "cqrs-local+iterfix+idpushdown+idin"  # reported as "package" by `ferretdb --version`
 
-PATCHES = [
-    ("internal/handler/msg_update.go", [
-        ("\t\tcloser := iterator.NewMultiCloser()\n\t\tdefer closer.Close()\n",
-         "\t\tcloser := iterator.NewMultiCloser()\n"),
-        ("\t\tresult, err := common.UpdateDocument(ctx, c, \"update\", iter, &u)\n",
-         "\t\tresult, err := common.UpdateDocument(ctx, c, \"update\", iter, &u)\n\t\tcloser.Close()\n"),
-    ]),
-    ("internal/backends/postgresql/query.go", [
-        ("\tcase string, types.ObjectID, time.Time:\n\t\t// merge with the case below?\n",
-         "\tcase string, types.ObjectID, time.Time:\n"
-         "\t\tif _, isTime := v.(time.Time); !isTime && k == \"_id\" && operator == \"->\" {\n"
-         "\t\t\tsql = `%[1]s%[2]s%[3]s = %[4]s`\n"
-         "\t\t}\n\n"
-         "\t\t// merge with the case below?\n"),
-    ]),
-]
+PATCHES = sorted((Path(__file__).parent / "ferretdb_patches").glob("*.patch"))
 
 OP_MSG = 2013
 
@@ -124,12 +113,15 @@ class FerretDB(Service):
         if src.exists():
             _rmtree(src)
         shutil.copytree(module_dir, src)
-        for dirpath, _, _ in os.walk(src):
-            os.chmod(dirpath, 0o755)  # module cache copies are read-only
+        for dirpath, _, files in os.walk(src):  # module cache copies are read-only
+            os.chmod(dirpath, 0o755)
+            for name in files:
+                os.chmod(os.path.join(dirpath, name), 0o644)
         (src / "build" / "version" / "version.txt").write_text(VERSION + "\n")
         (src / "build" / "version" / "package.txt").write_text(PACKAGE + "\n")
-        for rel, edits in PATCHES:
-            _patch(src, rel, edits)
+        for patch in PATCHES:
+            run(["git", "apply", "--whitespace=nowarn", str(patch)], cwd=src, timeout=60, log=log,
+                what=f"install FerretDB {VERSION}: apply {patch.name}")
         out = root / "bin" / "ferretdb.new"
         out.parent.mkdir(parents=True, exist_ok=True)
         run([go, "build", "-trimpath", "-o", str(out), "./cmd/ferretdb"], what=f"build FerretDB {VERSION}",
@@ -317,18 +309,6 @@ def _rmtree(path: Path) -> None:
     for dirpath, _, _ in os.walk(path):
         os.chmod(dirpath, 0o755)
     shutil.rmtree(path)
-
-
-def _patch(src: Path, rel: str, edits: list[tuple[str, str]]) -> None:
-    path = src / rel
-    text = path.read_text()
-    for old, new in edits:
-        if text.count(old) != 1:
-            raise StackError(f"install FerretDB {VERSION}: source patch does not apply to {rel}; "
-                             f"review PATCHES in {__file__}")
-        text = text.replace(old, new)
-    path.chmod(0o644)
-    path.write_text(text)
 
 
 def _go_version(go: str) -> tuple[int, int]:
