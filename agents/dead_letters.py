@@ -6,14 +6,20 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from confluent_kafka import Producer
 
 from agents.metrics import EVENTS
-from app.settings import Settings
 from connectors import ServiceUnavailable, kafka
 
 DLQ_TOPIC = "cqrs-dead-letters"
+
+
+class Settings(kafka.Settings, Protocol):
+    """What dead letters need of the application's settings (passed in)."""
+
+    topic_replication_factor: int
 
 
 @dataclass

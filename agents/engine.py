@@ -31,28 +31,62 @@ from agents.gate import SequenceGate
 from agents.metrics import BATCH_SIZE, EVENTS, HELD, LAG_SECONDS, LAST_APPLIED, SINK_LATENCY
 from agents.outages import StoreHealth, outage_store
 from schemas.codec import DecodeError, EventCodec
+from tables.progress import RECENT_IDS
 
 log = logging.getLogger("cqrs.projection")
-RECENT_IDS = 8
 
 
-class Projection(Protocol):
-    """What a projection supplies to the engine: state I/O at the edges, pure `apply` in the middle."""
+class Delivered(dict):
+    """A decoded event (its fields, as the dict every projection reads) together with the Kafka record it
+    came from: dead letters, progress and the commit floor of held events need the record, and it travels
+    with its event through the sequence gate instead of being looked up by object identity."""
+
+    __slots__ = ("record",)
+
+    def __init__(self, fields: Mapping[str, Any], record: SourceRecord) -> None:
+        super().__init__(fields)
+        self.record = record
+
+
+class Projection:
+    """A read model the engine keeps: state I/O at the edges (`load`, `references`, `write`), pure `apply`
+    in the middle. A projection subclasses this and implements those five; the hooks after them are
+    explicit defaults that a projection overrides when it needs them."""
 
     name: str
     sinks: str  # the stores one `write` goes to, e.g. "mongodb", for the sink latency metric
+    # True when a write never replaces a newer stored state: an aggregate whose run starts at its first
+    # event and that the progress tables never saw need not be loaded.
+    skips_loading_new_aggregates: bool = False
 
-    async def load(self, aggregate_ids: list[str]) -> dict[str, Any]: ...
+    async def load(self, aggregate_ids: list[str]) -> dict[str, Any]:
+        raise NotImplementedError
 
-    def last_seq(self, state: Any) -> int: ...
+    def last_seq(self, state: Any) -> int:
+        raise NotImplementedError
 
-    async def references(self, events: list[Mapping[str, Any]]) -> Any: ...
+    async def references(self, events: list[Mapping[str, Any]]) -> Any:
+        raise NotImplementedError
 
-    def apply(self, state: Any, event: Mapping[str, Any], refs: Any) -> Any: ...
+    def apply(self, state: Any, event: Mapping[str, Any], refs: Any) -> Any:
+        raise NotImplementedError
 
     async def write(self, changed: dict[str, Any]) -> dict[str, str]:
         """Persist changed states; returns {aggregate_id: error} for aggregates that could not be written."""
-        ...
+        raise NotImplementedError
+
+    async def target_serving(self, record: Any) -> None:
+        """Write into the read-model version `record` (a ServingRecord) names as serving."""
+
+    async def tick(self) -> None:
+        """Periodic upkeep (e.g. copies a store did not take yet); runs on the worker's timer."""
+
+    def assume_stored(self, aggregate_ids: set[str]) -> None:
+        """Before a bulk write: which of the aggregates written next the store already holds."""
+
+    def as_stored(self, state: Any) -> Any:
+        """A state as it stands once written (a bulk replay keeps states between writes)."""
+        return state
 
 
 class Progress(Protocol):
@@ -164,16 +198,15 @@ class BatchProcessor:
         self.dead_letters = dead_letters
         self.gate = gate or SequenceGate()
         self.retry = retry
-        self._records: dict[int, SourceRecord] = {}
         self.held_floor: dict[tuple[str, int], int] = {}
 
     async def _retry(self, what: str, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         return await self.retry.run(f"{self.projection.name}: {what}", fn, *args, health=self.health)
 
-    def _dead_letter(self, events: Iterable[Mapping[str, Any]], reason: str, error: str, report: BatchReport,
+    def _dead_letter(self, events: Iterable[Delivered], reason: str, error: str, report: BatchReport,
                      attempts: int = 1) -> None:
         for event in events:
-            self.dead_letters.send(self._records.pop(id(event)), reason=reason, error=error, attempts=attempts)
+            self.dead_letters.send(event.record, reason=reason, error=error, attempts=attempts)
             report.dead_lettered += 1
 
     def _to_load(self, events: list[dict[str, Any]]) -> list[str]:
@@ -183,7 +216,7 @@ class BatchProcessor:
         first: dict[str, int] = {}
         for event in events:
             first.setdefault(event["aggregate_id"], event["sequence_number"])
-        if not getattr(self.projection, "skips_loading_new_aggregates", False):
+        if not self.projection.skips_loading_new_aggregates:
             return list(first)
         return [agg for agg, seq in first.items() if seq != 1 or self.progress.last(agg) != 0]
 
@@ -204,7 +237,7 @@ class BatchProcessor:
         name = self.projection.name
         report = BatchReport(received=len(records))
         BATCH_SIZE.labels(name).observe(len(records))
-        events: list[dict[str, Any]] = []
+        events: list[Delivered] = []
         for record in records:
             codec = self.codecs.get(record.topic)
             try:
@@ -212,19 +245,17 @@ class BatchProcessor:
                     raise DecodeError(f"no codec for topic {record.topic}")
                 if record.value is None:
                     raise DecodeError("record has no value")
-                event = codec.decode(record.value)
+                event = Delivered(codec.decode(record.value), record)
             except DecodeError as exc:
                 self.dead_letters.send(record, reason="decode_error", error=str(exc))
                 report.dead_lettered += 1
                 continue
-            self._records[id(event)] = record
             events.append(event)
 
         fresh = []
         for event in events:
             if event["event_id"] in self.progress.recent(event["aggregate_id"]):
                 report.duplicates += 1
-                self._records.pop(id(event), None)
             else:
                 fresh.append(event)
 
@@ -238,9 +269,6 @@ class BatchProcessor:
         HELD.labels(name).set(self.gate.held)
         report.stale += len(admitted.duplicates)
         rewrite = self._incomplete(admitted.duplicates, states)
-        for dup in admitted.duplicates:
-            if dup["aggregate_id"] not in rewrite:
-                self._records.pop(id(dup), None)
         if admitted.expired:
             self._dead_letter(admitted.expired, "sequence_gap",
                               "held past the gap timeout waiting for a missing sequence number", report)
@@ -266,10 +294,7 @@ class BatchProcessor:
                 applied[agg] = done
         rewritten: set[str] = set()
         for agg, stale in rewrite.items():
-            if agg in changed:  # written whole with its new events anyway
-                for event in stale:
-                    self._records.pop(id(event), None)
-            else:
+            if agg not in changed:  # else written whole with its new events anyway
                 changed[agg] = states[agg]
                 applied[agg] = stale
                 rewritten.add(agg)
@@ -289,18 +314,17 @@ class BatchProcessor:
                 seq = self.projection.last_seq(states[agg])
             else:
                 report.applied += len(done)
-            self.progress.record(agg, seq, [e["event_id"] for e in done], self._records[id(done[-1])].partition)
+            self.progress.record(agg, seq, [e["event_id"] for e in done], done[-1].record.partition)
             report.written_aggregates += 1
             for event in done:
-                self._records.pop(id(event), None)
                 if report.last_occurred_at is None or event["occurred_at"] > report.last_occurred_at:
                     report.last_occurred_at = event["occurred_at"]
         if report.dead_lettered:
             await self._retry("dead letters", self.dead_letters.flush)
         self.held_floor = {}
-        for record in self._records.values():  # what is left is held by the gate
-            tp = (record.topic, record.partition)
-            self.held_floor[tp] = min(record.offset, self.held_floor.get(tp, record.offset))
+        for event in self.gate.held_events():
+            tp = (event.record.topic, event.record.partition)
+            self.held_floor[tp] = min(event.record.offset, self.held_floor.get(tp, event.record.offset))
         EVENTS.labels(name, "applied").inc(report.applied)
         EVENTS.labels(name, "duplicate").inc(report.duplicates)
         EVENTS.labels(name, "stale").inc(report.stale)

@@ -37,6 +37,10 @@ class SequenceGate:
     def held(self) -> int:
         return sum(len(v) for v in self._held.values())
 
+    def held_events(self) -> list[Any]:
+        """The events held now, waiting for a missing sequence number."""
+        return [event for held in self._held.values() for _, event in held.values()]
+
     def admit(self, events: Iterable[Mapping[str, Any]], last_applied: Callable[[str], int]) -> Admitted:
         """Split a batch (in partition order) into per-aggregate runs ready to apply, duplicates and
         expired gaps. `last_applied(aggregate_id)` is the durable last sequence (0 if none)."""

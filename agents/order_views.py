@@ -21,16 +21,17 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from agents import failpoints
+from agents.engine import Projection
 from agents.read_store import bulk_write_unordered, find_by_ids
-from app.read_model_versions import ServingRecord
-from app.read_models import (HISTORY_INDEX, OrderCollections, customer_history_cache_key, history_entry_id,
+from agents.read_model_versions import ServingRecord
+from domain.read_models import (HISTORY_INDEX, OrderCollections, customer_history_cache_key, history_entry_id,
                              order_cache_key)
 from domain.views import ReferenceData, apply_order_event, order_summary
 
 DUPLICATE_KEY = 11000
 
 
-class OrderViews:
+class OrderViews(Projection):
     name = "order-views"
     sinks = "mongodb+redis"
     skips_loading_new_aggregates = True  # writes never replace a stored view with an older one

@@ -15,9 +15,10 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch, BadRequestError, NotFoundError
 from elasticsearch.helpers import async_bulk
 
+from agents.engine import Projection
 from agents.search_bulk import DocumentsUnavailable, bulk_failures
-from app.read_model_versions import ServingRecord
-from app.read_models import PRODUCTS_ALIAS, PRODUCTS_MAPPING, products_index
+from agents.read_model_versions import ServingRecord
+from domain.read_models import PRODUCTS_ALIAS, PRODUCTS_MAPPING, products_index
 from domain.views import apply_product_event
 
 OWNED_ELSEWHERE = ("purchase_count", "sales_version", "purchase_count_version")
@@ -58,7 +59,7 @@ async def aliased_index(es: AsyncElasticsearch, alias: str) -> str:
     return found[0]
 
 
-class ProductSearch:
+class ProductSearch(Projection):
     name = "product-search"
     sinks = "elasticsearch"
 

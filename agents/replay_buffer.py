@@ -30,7 +30,7 @@ class FlushFailed(RuntimeError):
         self.failures = failures
 
 
-class ReplayBuffer:
+class ReplayBuffer(Projection):
     """Wraps `inner` (a Projection writing into the version being built) for the engine."""
 
     def __init__(self, inner: Projection, *, max_states: int = 200_000, flush_chunk: int = 20_000,
@@ -38,7 +38,7 @@ class ReplayBuffer:
         self.inner = inner
         self.name = inner.name
         self.sinks = inner.sinks
-        self.skips_loading_new_aggregates = getattr(inner, "skips_loading_new_aggregates", False)
+        self.skips_loading_new_aggregates = inner.skips_loading_new_aggregates
         self.max_states = max_states
         self.flush_chunk = flush_chunk
         self.store_starts_empty = store_starts_empty
@@ -107,16 +107,12 @@ class ReplayBuffer:
         written = 0
         for start in range(0, len(chosen), self.flush_chunk):
             chunk = chosen[start:start + self.flush_chunk]
-            assume_stored = getattr(self.inner, "assume_stored", None)
-            if assume_stored is not None:
-                assume_stored({agg for agg in chunk if agg in self.stored})
+            self.inner.assume_stored({agg for agg in chunk if agg in self.stored})
             failures = await self.inner.write({agg: self.states[agg] for agg in chunk})
             if failures:
                 raise FlushFailed(failures)
-            as_stored = getattr(self.inner, "as_stored", None)
-            if as_stored is not None:
-                for agg in chunk:
-                    self.states[agg] = as_stored(self.states[agg])
+            for agg in chunk:
+                self.states[agg] = self.inner.as_stored(self.states[agg])
             self.stored.update(chunk)
             self.dirty.difference_update(chunk)
             written += len(chunk)

@@ -32,11 +32,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from agents import failpoints
+from agents.engine import Projection
 from agents.outages import outage_store
 from agents.read_store import bulk_write_unordered, find_by_ids
 from agents.search_bulk import bulk_failures, bulk_item
-from app.read_model_versions import ServingRecord
-from app.read_models import PRODUCTS_ALIAS, product_stats_collection, sales_prefix
+from agents.read_model_versions import ServingRecord
+from domain.read_models import PRODUCTS_ALIAS, product_stats_collection, sales_prefix
 from domain.views import OrderFacts, apply_order_facts, sales_contributions
 
 LEDGER_TTL_S = 35 * 24 * 3600
@@ -105,7 +106,7 @@ return applied
 """
 
 
-class SalesStats:
+class SalesStats(Projection):
     name = "sales-stats"
     sinks = "redis+mongodb+elasticsearch"
 

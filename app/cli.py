@@ -26,14 +26,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
-    from app.smoke import run_smoke
+    from app.operations.smoke import run_smoke
 
     run_smoke(get_settings())
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from app.demo import DemoFailed, run_demo
+    from app.operations.demo import DemoFailed, run_demo
 
     try:
         run_demo(get_settings(), serve=args.serve)
@@ -44,14 +44,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from app.migrate import migrate
+    from app.commands.migrate import migrate
 
     print(f"write model at revision {migrate(get_settings())}")
     return 0
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from app.setup import setup_all
+    from app.operations.setup import setup_all
 
     for what, result in setup_all(get_settings()).items():
         print(f"{what}: {result}")
@@ -104,13 +104,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from agents.outages import StoreHealth
     from agents.probes import serve_probes
-    from app.worker import create_worker_app
+    from agents.worker import create_worker_app
+    from app.operations.setup import prepare_event_codecs
 
     settings = get_settings()
     health = StoreHealth(args.projection)
     if args.metrics_port:
         serve_probes(health, args.metrics_port, args.host)
-    app = create_worker_app(args.projection, settings, health)
+    app = create_worker_app(args.projection, settings, lambda: prepare_event_codecs(settings), health)
     worker = Worker(app, loglevel=args.log_level.upper(), quiet=True)
     # Faust's startup spinner sets the root logger to DEBUG for good (at WARNING and above), so every debug
     # call of aiokafka, pymongo and Faust would build a log record only to drop it: no spinner, no DEBUG.
@@ -120,13 +121,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_lag(args: argparse.Namespace) -> int:
-    from app import lag
+    from app.operations import lag
 
     return lag.main(args, get_settings())
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from app import dlq
+    from app.operations import dlq
 
     settings = get_settings()
     key = args.key.encode() if args.key is not None else None
@@ -144,13 +145,13 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
-    from app import rebuild
+    from app.operations import rebuild
 
     return rebuild.main(args, get_settings())
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
-    from app import schema_gate
+    from app.operations import schema_gate
 
     return schema_gate.main(args, get_settings())
 
@@ -189,16 +190,16 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dry-run", action="store_true", help="replay: count, send nothing")
             p.add_argument("--key", help="only the dead letters with this record key (an aggregate id)")
         if name == "rebuild":
-            from app.rebuild import add_arguments as add_rebuild_arguments
+            from app.operations.rebuild import add_arguments as add_rebuild_arguments
             add_rebuild_arguments(p)
         if name == "lag":
-            from app.lag import add_arguments
+            from app.operations.lag import add_arguments
             add_arguments(p)
         if name == "schemas":
-            from app.schema_gate import add_arguments as add_schema_arguments
+            from app.operations.schema_gate import add_arguments as add_schema_arguments
             add_schema_arguments(p)
         if name == "worker":
-            from app.projections import PROJECTIONS
+            from agents.projections import PROJECTIONS
             p.add_argument("projection", choices=PROJECTIONS)
             p.add_argument("--log-level", default="warning", choices=["error", "warning", "info", "debug"])
         if name in ("relay", "worker"):

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.read_models import PRODUCTS_ALIAS
+from domain.read_models import PRODUCTS_ALIAS
 
 
 class Settings(BaseSettings):

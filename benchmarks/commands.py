@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from app import processes
+from app.operations import processes
 from app.settings import get_settings
 from benchmarks.loadgen import run_load
 from connectors import postgres

@@ -16,7 +16,7 @@ import time
 import faust
 
 from app.settings import Settings
-from app.setup import prepare_event_codecs
+from app.operations.setup import prepare_event_codecs
 from schemas.codec import DecodeError
 
 settings = Settings()

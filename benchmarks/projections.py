@@ -11,187 +11,31 @@ batch and finds none of the generated products and customers (views carry null n
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from app.operations import processes
+from benchmarks.baselines import Baselines
+from benchmarks.measures import BusyMeter, cpu_by_role, cpu_seconds, fmt, process_cpu, rate
+from benchmarks.projection_checks import Checks
+from benchmarks.projection_report import Report
+from benchmarks.projection_run import ROOT, BenchError, Isolation, Loaded, ProjectionRun, Results
+from benchmarks.sink_ceilings import SinkCeilings
+
 PROGRESS_EVERY_S = 10.0
-TARGET_FRACTION_OF_CEILING = 0.7
-TARGET_TIMES_NAIVE = 20
-TARGET_PER_WORKER = 8000
 
 
-class BenchError(RuntimeError):
-    """A step failed or ran out of time; the message is one line."""
+class Bench(Baselines, SinkCeilings, Checks, Report):
+    """One run: preload, the pipeline (a), the baselines and ceilings (b-d), the checks and the report."""
 
-
-# ---- small helpers --------------------------------------------------------------------------------
-
-def fmt(n: float) -> str:
-    return f"{n:,.0f}"
-
-
-def rate(count: float, seconds: float) -> float:
-    return count / seconds if seconds > 0 else float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc), 0 if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine so far (Linux /proc/stat)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
-
-
-def process_cpu() -> dict[int, tuple[str, int, float]]:
-    """{pid: (command line, start time, user + system CPU seconds)} of every process (Linux /proc)."""
-    out = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        out[int(entry.name)] = (cmd or stat.split("(", 1)[1].rsplit(")", 1)[0], int(fields[19]),
-                                (int(fields[11]) + int(fields[12])) / tick)
-    return out
-
-
-def cpu_by_role(before: dict[int, tuple[str, int, float]], after: dict[int, tuple[str, int, float]],
-                own: dict[int, str]) -> dict[str, float]:
-    """CPU seconds spent between two snapshots, by what the process is (processes that ended in between
-    are not counted)."""
-    roles: Counter = Counter()
-    for pid, (cmd, started, cpu) in after.items():
-        spent = cpu - before[pid][2] if pid in before and before[pid][1] == started else cpu
-        if pid in own:
-            role = own[pid]
-        elif pid == os.getpid():
-            role = "this benchmark process"
-        elif cmd.startswith("postgres:") and " ferretdb " in cmd:
-            role = "PostgreSQL backends of FerretDB"
-        elif "ferretdb" in cmd:
-            role = "FerretDB"
-        elif cmd.startswith("postgres"):
-            role = "PostgreSQL, other"
-        elif "org.elasticsearch" in cmd:
-            role = "Elasticsearch"
-        elif "kafka.Kafka" in cmd:
-            role = "Kafka"
-        elif "apicurio" in cmd or "quarkus" in cmd:
-            role = "schema registry"
-        elif "redis-server" in cmd:
-            role = "Redis"
-        else:
-            role = "other processes (not this benchmark)"
-        roles[role] += spent
-    return dict(roles)
-
-
-class BusyMeter:
-    def __init__(self) -> None:
-        self.start = machine_busy()
-
-    def percent(self) -> float:
-        busy, total = machine_busy()
-        return 100.0 * (busy - self.start[0]) / max(1, total - self.start[1])
-
-
-# ---- the run --------------------------------------------------------------------------------------
-
-@dataclass
-class Isolation:
-    run: str
-
-    @property
-    def prefix(self) -> str:
-        return f"bench-{self.run}-"
-
-    @property
-    def marker(self) -> str:
-        """Every Kafka topic and consumer group of the run contains this."""
-        return f"bench-{self.run}"
-
-    @property
-    def group_suffix(self) -> str:
-        return f"-bench-{self.run}"
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {"TOPIC_PREFIX": self.prefix, "MONGO_DATABASE": f"cqrs_bench_{self.run}",
-                "REDIS_URL": "redis://127.0.0.1:6379/1", "ES_PRODUCTS_ALIAS": f"bench-products-{self.run}"}
-
-
-@dataclass
-class Loaded:
-    per_topic: Counter
-    aggregates: Counter
-    counts: Counter
-    orders_not_cancelled: int
-    products_in_orders: int
-    seconds: float
-
-
-@dataclass
-class ProjectionRun:
-    name: str
-    events: int
-    launched_at: float
-    assigned_at: float | None = None
-    done_at: float | None = None
-    committed: int = 0
-    cpu_s: float = 0.0
-    batches: tuple[int, float] = (0, float("nan"))   # (batches, mean events per batch)
-
-    @property
-    def seconds(self) -> float:
-        start = self.assigned_at or self.launched_at
-        return ((self.done_at or time.monotonic()) - start)
-
-    @property
-    def events_per_s(self) -> float:
-        return rate(self.committed if self.done_at is None else self.events, self.seconds)
-
-
-@dataclass
-class Results:
-    projections: dict[str, ProjectionRun] = field(default_factory=dict)
-    overall: tuple[int, float] | None = None          # (events, seconds)
-    pipeline_wall_s: float = 0.0
-    pipeline_busy_pct: float = 0.0
-    pipeline_cpu: dict[str, float] = field(default_factory=dict)   # role -> CPU seconds during the pipeline
-    faust: tuple[int, float, float] | None = None      # (events, seconds consuming, wall seconds)
-    consumer: tuple[int, float] | None = None
-    naive: dict[str, tuple[int, float]] = field(default_factory=dict)
-    ceilings: dict[str, tuple[int, float, str]] = field(default_factory=dict)  # label -> (docs, s, unit)
-    checks: list[tuple[str, bool, str]] = field(default_factory=list)
-
-
-class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         from app.settings import Settings
 
@@ -219,7 +63,7 @@ class Bench:
                 raise BenchError(str(exc)) from None
 
     def prepare(self) -> None:
-        from app.setup import prepare_event_codecs
+        from app.operations.setup import prepare_event_codecs
         from connectors import redis
 
         client = redis.redis_client(self.settings)
@@ -311,8 +155,7 @@ class Bench:
     def run_pipeline(self, loaded: Loaded) -> None:
         from confluent_kafka import TopicPartition
 
-        from app import processes
-        from app.projections import PROJECTIONS, TOPICS
+        from agents.projections import PROJECTIONS, TOPICS
         from connectors import kafka
 
         admin = kafka.admin_client(self.settings)
@@ -353,7 +196,7 @@ class Bench:
                 try:
                     proc.wait(30)
                 except subprocess.TimeoutExpired:
-                    stop(proc)
+                    processes.stop_process(proc, 20.0)
         self.results.pipeline_wall_s = max(r.done_at for r in runs.values()) - launched
         start = min(r.assigned_at for r in runs.values())
         projected = sum(n for t, n in loaded.per_topic.items() if t in {t for ts in TOPICS.values() for t in ts})
@@ -449,385 +292,14 @@ class Bench:
             return 0
         return sum(tp.offset for tp in result.topic_partitions if tp.offset > 0)
 
-    def dead_letter_ends(self) -> dict[int, int]:
-        from agents.dead_letters import DLQ_TOPIC
-        from connectors import kafka
-
-        if DLQ_TOPIC not in kafka.admin_client(self.settings).list_topics(timeout=10).topics:
-            return {}
-        return self.end_offsets([DLQ_TOPIC])[DLQ_TOPIC]
-
-    def dead_letters_since(self, starts: dict[int, int]) -> list[dict[str, str]]:
-        """The dead letters of this run's topics written after `starts` (the topic is shared with other runs)."""
-        from confluent_kafka import Consumer, TopicPartition
-
-        from agents.dead_letters import DLQ_TOPIC, describe
-        from connectors import kafka
-
-        ends = self.dead_letter_ends()
-        pending = {p: starts.get(p, 0) for p, end in ends.items() if end > starts.get(p, 0)}
-        if not pending:
-            return []
-        consumer = Consumer({**kafka.base_config(self.settings), "group.id": f"{self.iso.marker}-dlq",
-                             "enable.auto.commit": False})
-        found, seen = [], 0
-        total = sum(ends[p] - o for p, o in pending.items())
-        try:
-            consumer.assign([TopicPartition(DLQ_TOPIC, p, o) for p, o in pending.items()])
-            deadline = time.monotonic() + 60
-            while seen < total and time.monotonic() < deadline:
-                for msg in consumer.consume(1000, timeout=1.0):
-                    if msg.error():
-                        continue
-                    seen += 1
-                    meta = describe(msg.headers())
-                    if meta.get("source_topic", "").startswith(self.iso.prefix):
-                        found.append(meta)
-        finally:
-            consumer.close()
-        return found
-
-    def verify(self, loaded: Loaded, dlq_before: dict[int, int]) -> None:
-        """The read models hold what the events say: one view per order and product, every event applied."""
-        from app.read_models import CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCT_STATS, SALES_PREFIX
-        from connectors import elasticsearch, mongo, redis
-
-        checks = self.results.checks
-        client = mongo.mongo_client(self.settings)
-        try:
-            db = mongo.read_database(self.settings, client)
-            seqs = [d.get("last_seq", 0) for d in db[ORDER_VIEWS].find({}, {"last_seq": 1})]
-            checks.append(("order views", len(seqs) == loaded.aggregates["order-events"]
-                           and sum(seqs) == loaded.per_topic["order-events"],
-                           f"{fmt(len(seqs))} views, sum(last_seq) {fmt(sum(seqs))}; expected "
-                           f"{fmt(loaded.aggregates['order-events'])} / {fmt(loaded.per_topic['order-events'])}"))
-            histories = db[CUSTOMER_HISTORY].count_documents({})
-            checks.append(("customer history entries", histories == loaded.aggregates["order-events"],
-                           f"{fmt(histories)} (expected one per order: {fmt(loaded.aggregates['order-events'])})"))
-            stats = db[PRODUCT_STATS].count_documents({})
-            checks.append(("product stats", stats == loaded.products_in_orders,
-                           f"{fmt(stats)} (expected {fmt(loaded.products_in_orders)})"))
-        finally:
-            client.close()
-        es = elasticsearch.es_client(self.settings)
-        try:
-            alias = self.settings.es_products_alias
-            es.indices.refresh(index=alias)
-            resp = es.search(index=alias, size=0, track_total_hits=True,
-                             aggs={"seq": {"sum": {"field": "last_seq"}}})
-            docs, seq_sum = resp["hits"]["total"]["value"], int(resp["aggregations"]["seq"]["value"])
-            checks.append(("search documents", docs == loaded.aggregates["product-events"]
-                           and seq_sum == loaded.per_topic["product-events"],
-                           f"{fmt(docs)} docs, sum(last_seq) {fmt(seq_sum)}; expected "
-                           f"{fmt(loaded.aggregates['product-events'])} / {fmt(loaded.per_topic['product-events'])}"))
-        finally:
-            es.close()
-        r = redis.redis_client(self.settings)
-        try:
-            orders = sum(int(r.hget(k, "orders") or 0) for k in r.scan_iter(f"{SALES_PREFIX}day:*", count=1000))
-            checks.append(("dashboard orders", orders == loaded.orders_not_cancelled,
-                           f"{fmt(orders)} (expected {fmt(loaded.orders_not_cancelled)} not cancelled)"))
-        finally:
-            r.close()
-        dead = self.dead_letters_since(dlq_before)
-        reasons = Counter(f"{d.get('projection')}: {d.get('reason')}" for d in dead)
-        checks.append(("dead letters", not dead, f"{len(dead)} from this run's topics"
-                       + (f" ({', '.join(f'{k} x{v}' for k, v in reasons.items())})" if dead else "")))
-
-    # -- (d) bare consumers -----------------------------------------------------------------------
-
-    def run_faust_drain(self) -> None:
-        topic = self.iso.prefix + "order-events"
-        total = sum(self.ends[topic].values())
-        app_id = f"{self.iso.marker}-drain"
-        self.app_ids.append(app_id)
-        out = self.log_dir / "drain.jsonl"
-        log = (self.log_dir / "faust-drain.log").open("ab")
-        env = {**os.environ, "DRAIN_APP_ID": app_id, "DRAIN_TOPIC": topic, "DRAIN_EXPECTED": str(total),
-               "DRAIN_OUT": str(out), "PYTHONUNBUFFERED": "1"}
-        launched, wall0 = time.monotonic(), time.time()
-        proc = subprocess.Popen([sys.executable, "-m", "benchmarks.faust_drain"], cwd=ROOT,
-                                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        log.close()
-        self.children.append(proc)
-        try:
-            deadline = launched + self.args.timeout
-            while not (out.exists() and out.read_text().strip()):
-                if proc.poll() is not None:
-                    tail = (self.log_dir / "faust-drain.log").read_text(errors="replace").splitlines()[-3:]
-                    raise BenchError(f"bare Faust agent exited with {proc.returncode}: {' | '.join(tail)}")
-                if time.monotonic() > deadline:
-                    raise BenchError(f"bare Faust agent did not count {total} events within {self.args.timeout:.0f}s")
-                time.sleep(0.2)
-            line = json.loads(out.read_text().splitlines()[0])
-            if line["decode_errors"]:
-                raise BenchError(f"bare Faust agent: {line['decode_errors']} events failed to decode")
-            self.results.faust = (line["count"], line["last_at"] - line["first_at"], line["last_at"] - wall0)
-        finally:
-            stop(proc)
-
-    def run_bare_consumer(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        from connectors import kafka
-
-        topic = self.iso.prefix + "order-events"
-        total = sum(self.ends[topic].values())
-        codec = self.codecs[topic]
-        consumer = Consumer({**kafka.base_config(self.settings), "group.id": f"{self.iso.marker}-consumer",
-                             "enable.auto.commit": False, "enable.partition.eof": False})
-        try:
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in self.ends[topic]])
-            count = 0
-            first = None
-            deadline = time.monotonic() + self.args.timeout
-            while count < total:
-                if time.monotonic() > deadline:
-                    raise BenchError(f"bare consumer read {count} of {total} events in {self.args.timeout:.0f}s")
-                for msg in consumer.consume(1000, timeout=1.0):
-                    if msg.error():
-                        raise BenchError(f"bare consumer: {msg.error()}")
-                    first = first or time.perf_counter()
-                    codec.decode(msg.value())
-                    count += 1
-            self.results.consumer = (count, time.perf_counter() - first)
-        finally:
-            consumer.close()
-
     # -- (b) naive baseline -----------------------------------------------------------------------
-
-    def first_order_events(self, n: int) -> list[bytes]:
-        """The first n events of order-events as consumed (a per-partition prefix, so no aggregate has gaps)."""
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-        from connectors import kafka
-
-        topic = self.iso.prefix + "order-events"
-        n = min(n, sum(self.ends[topic].values()))
-        consumer = Consumer({**kafka.base_config(self.settings), "group.id": f"{self.iso.marker}-naive",
-                             "enable.auto.commit": False})
-        values: list[bytes] = []
-        try:
-            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in self.ends[topic]])
-            deadline = time.monotonic() + 120
-            while len(values) < n:
-                if time.monotonic() > deadline:
-                    raise BenchError(f"naive baseline: read {len(values)} of {n} events in 120s")
-                values += [m.value() for m in consumer.consume(1000, timeout=1.0) if not m.error()]
-        finally:
-            consumer.close()
-        return values[:n]
-
-    def run_naive(self) -> None:
-        from agents.sales_stats import APPLY_CONTRIBUTIONS, DAY_TTL_S, LEDGER_TTL_S
-        from app.read_models import ORDER_VIEWS
-        from connectors import mongo, redis
-        from domain.views import (
-            OrderFacts,
-            ReferenceData,
-            apply_order_event,
-            apply_order_facts,
-            sales_contributions,
-        )
-
-        values = self.first_order_events(self.args.naive)
-        codec = self.codecs[self.iso.prefix + "order-events"]
-        refs = ReferenceData()
-        client = mongo.mongo_client(self.settings)
-        views = client[f"{self.settings.mongo_database}_naive"][ORDER_VIEWS]
-        t0 = time.perf_counter()
-        for value in values:
-            event = codec.decode(value)
-            view = views.find_one({"_id": event["aggregate_id"]})
-            if view is not None and view["last_seq"] >= event["sequence_number"]:
-                continue
-            view = apply_order_event(view, event, refs)
-            views.replace_one({"_id": view["_id"]}, view, upsert=True)
-        self.results.naive["order views (find_one + replace_one)"] = (len(values), time.perf_counter() - t0)
-        client.close()
-
-        r = redis.redis_client(self.settings)
-        script = r.register_script(APPLY_CONTRIBUTIONS)
-        prefix = "naive:sales:"
-        t0 = time.perf_counter()
-        for value in values:
-            event = codec.decode(value)
-            oid = event["aggregate_id"]
-            seq, state = r.hmget(f"{prefix}ledger:{oid}", "seq", "state")
-            read_seq = int(seq) if seq is not None else 0
-            if read_seq >= event["sequence_number"]:
-                continue
-            facts = apply_order_facts(OrderFacts.from_ledger(json.loads(state)) if state else None, event)
-            contributions = sales_contributions(facts)
-            args: list[Any] = [prefix, LEDGER_TTL_S, DAY_TTL_S, oid, read_seq, event["sequence_number"],
-                               json.dumps(facts.as_ledger()), len(contributions)]
-            for composite, amount in contributions.items():
-                args += [*composite.split("|", 1), amount]
-            script(args=args)
-        self.results.naive["sales (HMGET + Lua script)"] = (len(values), time.perf_counter() - t0)
-        r.close()
-
-    # -- (c) sink ceilings ------------------------------------------------------------------------
-
-    def sample_documents(self) -> tuple[list[dict], list[dict], list[tuple[dict, str]]]:
-        """Order views, product documents and sales contributions built from the generated events."""
-        from domain.views import (
-            ReferenceData,
-            apply_order_event,
-            apply_order_facts,
-            apply_product_event,
-        )
-
-        refs = ReferenceData()
-        views, products, orders = [], [], []
-        for e in self.stream.events:
-            env = {**e.envelope, "payload": e.envelope["payload"][1]}
-            if env["event_type"] == "OrderCreated":
-                views.append(apply_order_event(None, env, refs))
-                orders.append(apply_order_facts(None, env))
-            elif env["event_type"] == "ProductCreated":
-                products.append(apply_product_event(None, env))
-        return views, products, orders
-
-    def timed_batches(self, label: str, unit: str, batches: Iterable[int], write: Callable[[int], int]) -> range:
-        """Run write(i) for each batch until done or --ceiling-seconds pass; records documents per second and
-        returns the batches written."""
-        limit = self.args.ceiling_seconds
-        done, count, t0 = 0, 0, time.perf_counter()
-        for i in batches:
-            done += write(i)
-            count += 1
-            if time.perf_counter() - t0 > limit:
-                break
-        self.results.ceilings[label] = (done, time.perf_counter() - t0, unit)
-        return range(count)
-
-    def run_ceilings(self) -> None:
-        from elasticsearch.helpers import bulk as es_bulk
-        from pymongo import ReplaceOne
-
-        from agents.sales_stats import APPLY_CONTRIBUTIONS, DAY_TTL_S, LEDGER_TTL_S
-        from agents.search_bulk import bulk_failures
-        from app.read_models import PRODUCTS_MAPPING
-        from connectors import elasticsearch, mongo, redis
-        from domain.views import order_summary, sales_contributions
-
-        views, products, orders = self.sample_documents()
-        size, total = 1000, self.args.ceiling_docs
-        batches = range(0, max(1, total // size))
-
-        def nth(items: list, i: int, k: int, salt: str) -> dict:
-            doc = dict(items[(i * size + k) % len(items)])
-            doc["_id"] = f"{salt}-{i * size + k}"
-            return doc
-
-        client = mongo.mongo_client(self.settings)
-        try:
-            coll = client[self.settings.mongo_database]["ceiling_order_views"]
-
-            def mongo_write(status: str) -> Callable[[int], int]:
-                def write(i: int) -> int:
-                    docs = [{**nth(views, i, k, "order"), "status": status} for k in range(size)]
-                    coll.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False)
-                    return len(docs)
-                return write
-
-            written = self.timed_batches("MongoDB ReplaceOne upserts, new _ids", "docs", batches,
-                                         mongo_write("pending"))
-            self.timed_batches("MongoDB ReplaceOne upserts, existing _ids", "docs", written, mongo_write("shipped"))
-            history = client[self.settings.mongo_database]["ceiling_customer_history"]
-
-            def history_write(i: int) -> int:
-                docs = [nth(views, i, k, "order") for k in range(size)]
-                history.bulk_write([ReplaceOne({"_id": f"{d['customer_id']}:{d['_id']}"}, {
-                    "customer_id": d["customer_id"], **order_summary(d)}, upsert=True) for d in docs], ordered=False)
-                return len(docs)
-
-            self.timed_batches("MongoDB ReplaceOne upserts (customer history entries)", "docs", batches, history_write)
-
-            def insert_write(i: int) -> int:
-                coll.insert_many([nth(views, i, k, "inserted") for k in range(size)], ordered=False)
-                return size
-
-            self.timed_batches("MongoDB insert_many, new _ids (for reference)", "docs", batches, insert_write)
-            split = async_split_replace(self.settings, coll.name, [[nth(views, i, k, "order") for k in range(size)]
-                                                                   for i in written])
-            self.results.ceilings["MongoDB split into 4 concurrent bulk writes, ReplaceOne existing (for reference)"] = (
-                split[0], split[1], "docs")
-            coll.drop()
-            history.drop()
-        finally:
-            client.close()
-
-        es = elasticsearch.es_client(self.settings, request_timeout=120)
-        index = f"{self.settings.es_products_alias}-ceiling"
-        try:
-            es.indices.create(index=index, mappings=PRODUCTS_MAPPING,
-                              settings={"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "1s"})
-
-            def es_write(stock: int) -> Callable[[int], int]:
-                def write(i: int) -> int:
-                    actions: list[dict] = []
-                    for k in range(size):
-                        doc = nth(products, i, k, "product")
-                        pid = doc.pop("_id")
-                        doc.update(product_id=pid, stock=stock, in_stock=stock > 0)
-                        actions.append({"_op_type": "update", "_index": index, "_id": pid, "retry_on_conflict": 3,
-                                        "doc": {k2: v for k2, v in doc.items() if k2 != "purchase_count"},
-                                        "upsert": doc})
-                    _, errors = es_bulk(es, actions, chunk_size=size, raise_on_error=False, refresh=False)
-                    if errors:
-                        pid, error = next(iter(bulk_failures(errors).items()))
-                        raise BenchError(f"Elasticsearch _bulk rejected {len(errors)} document(s), {pid}: {error}")
-                    return size
-                return write
-
-            written = self.timed_batches("Elasticsearch _bulk update+upsert, new ids", "docs", batches,
-                                         es_write(100))
-            self.timed_batches("Elasticsearch _bulk update, existing ids", "docs", written, es_write(99))
-        finally:
-            es.options(ignore_status=404).indices.delete(index=index)
-            es.close()
-
-        r = redis.redis_client(self.settings)
-        try:
-            script = r.register_script(APPLY_CONTRIBUTIONS)
-            prefix = "ceiling:sales:"
-
-            def lua_write(i: int) -> int:
-                args: list[Any] = [prefix, LEDGER_TTL_S, DAY_TTL_S]
-                for k in range(size):
-                    facts = orders[(i * size + k) % len(orders)]
-                    contributions = sales_contributions(facts)
-                    args += [f"order-{i * size + k}", 0, 1, json.dumps(facts.as_ledger()), len(contributions)]
-                    for composite, amount in contributions.items():
-                        args += [*composite.split("|", 1), amount]
-                script(args=args)
-                return size
-
-            def hincrby_write(i: int) -> int:
-                pipe = r.pipeline(transaction=False)
-                for k in range(size):
-                    for composite, amount in sales_contributions(orders[(i * size + k) % len(orders)]).items():
-                        key, fld = composite.split("|", 1)
-                        pipe.hincrby(f"ceiling:hincr:{key}", fld, amount)
-                pipe.execute()
-                return size
-
-            self.timed_batches("Redis sales Lua script, 1,000 orders per call", "orders", batches, lua_write)
-            self.timed_batches("Redis pipelined HINCRBY, 1,000 orders per round trip", "orders", batches,
-                               hincrby_write)
-            for key in r.scan_iter("ceiling:*", count=1000):
-                r.unlink(key)
-        finally:
-            r.close()
 
     # -- teardown ---------------------------------------------------------------------------------
 
     def stop_children(self) -> None:
         for child in self.children:
             try:
-                child.stop(timeout=20) if hasattr(child, "stop") else stop(child)
+                child.stop(timeout=20) if hasattr(child, "stop") else processes.stop_process(child, 20.0)
             except Exception as exc:  # already gone, or would not die: nothing more to do
                 print(f"stopping a child process: {exc}", file=sys.stderr)
 
@@ -907,122 +379,6 @@ class Bench:
         return problems
 
     # -- report -----------------------------------------------------------------------------------
-
-    def report(self, loaded: Loaded) -> bool:
-        res = self.results
-        ok = True
-        print()
-        print("(a) pipeline, end to end into every sink (time from the group's partition assignment to the "
-              "commit of its topics' end offsets):")
-        for name, run in res.projections.items():
-            status = "" if run.done_at else "  NOT CAUGHT UP"
-            print(f"  {name:<15} {fmt(run.events):>8} events in {run.seconds:6.1f}s = {fmt(run.events_per_s):>6} "
-                  f"events/s; {run.batches[0]} batches of {run.batches[1]:.0f} on average; worker CPU "
-                  f"{run.cpu_s:.1f}s ({fmt(rate(run.events, run.cpu_s))} events per CPU second){status}")
-        if res.overall:
-            events, seconds = res.overall
-            print(f"  overall         {fmt(events):>8} events (order + product; no projection reads "
-                  f"customer-events) in every sink in {seconds:.1f}s = {fmt(rate(events, seconds))} events/s; "
-                  f"{res.pipeline_wall_s:.1f}s from launch; machine CPU {res.pipeline_busy_pct:.0f}% busy")
-        if res.pipeline_cpu:
-            window = (os.cpu_count() or 1) * res.pipeline_wall_s
-            print(f"  CPU while the pipeline ran ({os.cpu_count()} cores x {res.pipeline_wall_s:.0f}s = {window:.0f} "
-                  "core-seconds): " + ", ".join(f"{role} {sec:.0f}s ({100 * sec / window:.0f}%)" for role, sec in
-                                                sorted(res.pipeline_cpu.items(), key=lambda kv: -kv[1]) if sec >= 0.5))
-        for what, good, detail in res.checks:
-            ok &= good
-            print(f"  {'ok  ' if good else 'FAIL'} {what}: {detail}")
-        print("  enrichment: one write-model query per batch; it finds none of the generated products or "
-              "customers (the write model is left clean), so names in the views are null")
-        print("(b) naive baseline, in process, one event at a time, one write per event "
-              f"(first {fmt(self.args.naive)} order events):")
-        for label, (n, s) in res.naive.items():
-            print(f"  {label:<42} {fmt(rate(n, s)):>6} events/s ({n} in {s:.1f}s)")
-        naive = None
-        if res.naive:
-            n_total = next(iter(res.naive.values()))[0]
-            naive = rate(n_total, sum(s for _, s in res.naive.values()))
-            print(f"  {'both (order-events into all its sinks)':<42} {fmt(naive):>6} events/s")
-        print(f"(c) sink ceilings, batches of 1,000, no pipeline (each at most {self.args.ceiling_seconds:.0f}s):")
-        for label, (n, s, unit) in res.ceilings.items():
-            print(f"  {label:<55} {fmt(rate(n, s)):>7} {unit}/s ({fmt(n)} in {s:.1f}s)")
-        print("(d) bare consumers of the order-events bench topic (decode + count):")
-        if res.faust:
-            n, s, wall = res.faust
-            print(f"  Faust agent (take_events {self.settings.projection_batch_size}), own process  "
-                  f"{fmt(rate(n, s)):>7} events/s ({fmt(n)} in {s:.1f}s; {wall:.1f}s from launch)")
-        if res.consumer:
-            n, s = res.consumer
-            print(f"  confluent-kafka Consumer, in process          {fmt(rate(n, s)):>7} events/s "
-                  f"({fmt(n)} in {s:.1f}s)")
-
-        print()
-        print("summary against the targets:")
-        rows = []
-        overall = rate(*res.overall) if res.overall else None
-        sinks = {}
-        for sink, starts in (("MongoDB ReplaceOne", "MongoDB ReplaceOne"), ("Elasticsearch _bulk", "Elasticsearch"),
-                             ("Redis Lua", "Redis sales Lua")):
-            parts = [(n, s) for label, (n, s, _) in res.ceilings.items() if label.startswith(starts)]
-            if parts:
-                sinks[sink] = rate(sum(n for n, _ in parts), sum(s for _, s in parts))
-        faust = rate(res.faust[0], res.faust[1]) if res.faust else None
-        if overall is not None and faust is not None and sinks:
-            slowest = min(sinks, key=sinks.get)
-            bound = min(faust, sinks[slowest])
-            which = "bare Faust" if faust <= sinks[slowest] else slowest
-            rows.append((f"pipeline vs {TARGET_FRACTION_OF_CEILING} x min(bare Faust {fmt(faust)}, slowest sink "
-                         f"{fmt(sinks[slowest])})", overall, TARGET_FRACTION_OF_CEILING * bound,
-                         f"bound: {which}; sinks " + ", ".join(f"{k} {fmt(v)}/s" for k, v in sinks.items())))
-        if overall is not None and naive:
-            rows.append((f"pipeline vs {TARGET_TIMES_NAIVE} x naive ({fmt(naive)})", overall,
-                         TARGET_TIMES_NAIVE * naive, ""))
-        for name, run in res.projections.items():
-            rows.append((f"worker {name} vs {fmt(TARGET_PER_WORKER)} events/s per process", run.events_per_s,
-                         TARGET_PER_WORKER, ""))
-        print(f"  {'measure':<78} {'events/s':>9} {'target':>9} {'ratio':>6}")
-        for label, value, target, note in rows:
-            ratio = value / target if target else float("nan")
-            print(f"  {label:<78} {fmt(value):>9} {fmt(target):>9} {ratio:6.2f}  {'met' if ratio >= 1 else 'MISSED'}"
-                  + (f"  ({note})" if note else ""))
-        print("  (sink ceilings are in documents or orders per second; the pipeline writes fewer documents than "
-              "it reads events, since each batch writes each aggregate once)")
-        return ok
-
-
-def async_split_replace(settings, collection: str, batches: list[list[dict]]) -> tuple[int, float]:
-    """ReplaceOne upserts of existing documents the way the order-views projection writes them
-    (agents.read_store.bulk_write_unordered: each batch split into concurrent parts)."""
-    import asyncio
-
-    from pymongo import AsyncMongoClient, ReplaceOne
-
-    from agents.read_store import bulk_write_unordered
-
-    async def run() -> tuple[int, float]:
-        client = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=5000, tz_aware=True)
-        try:
-            coll = client[settings.mongo_database][collection]
-            done, t0 = 0, time.perf_counter()
-            for docs in batches:
-                await bulk_write_unordered(coll, [(d["_id"], ReplaceOne({"_id": d["_id"]}, {**d, "status": "delivered"},
-                                                                        upsert=True)) for d in docs])
-                done += len(docs)
-            return done, time.perf_counter() - t0
-        finally:
-            await client.close()
-
-    return asyncio.run(run())
-
-
-def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         bench.stream = None   # the generated events are on the broker; free the memory for the rebuild
         from pymongo import MongoClient
 
-        from app.projections import PROJECTIONS, TOPICS
-        from app.read_model_versions import ServingRecord
-        from app.read_models import READ_MODEL_VERSIONS
+        from agents.projections import PROJECTIONS, TOPICS
+        from agents.read_model_versions import ServingRecord
+        from domain.read_models import READ_MODEL_VERSIONS
         from connectors import elasticsearch, mongo
 
         results = {}

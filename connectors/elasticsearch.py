@@ -1,10 +1,19 @@
 """Elasticsearch 8.x through the official client."""
 from __future__ import annotations
 
+from typing import Protocol
+
 from elasticsearch import ApiError, Elasticsearch, TransportError
 
-from app.settings import Settings
 from connectors import ServiceInfo, ServiceUnavailable
+
+
+class Settings(Protocol):
+    """The settings this connector reads: the application passes its settings object in (never imported here)."""
+
+    elasticsearch_url: str
+    connect_timeout_s: float
+
 
 SERVICE = "elasticsearch"
 

@@ -5,13 +5,20 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from app.settings import Settings
 from connectors import ServiceInfo, ServiceUnavailable
+
+
+class Settings(Protocol):
+    """The settings this connector reads: the application passes its settings object in (never imported here)."""
+
+    kafka_bootstrap_servers: str
+    connect_timeout_s: float
+
 
 SERVICE = "kafka"
 _quiet = logging.getLogger("librdkafka")

@@ -1,12 +1,22 @@
 """MongoDB-wire-protocol read store (FerretDB locally) through pymongo."""
 from __future__ import annotations
 
+from typing import Protocol
+
 from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from app.settings import Settings
 from connectors import ServiceInfo, ServiceUnavailable
+
+
+class Settings(Protocol):
+    """The settings this connector reads: the application passes its settings object in (never imported here)."""
+
+    mongo_url: str
+    mongo_database: str
+    connect_timeout_s: float
+
 
 SERVICE = "mongodb"
 

@@ -1,10 +1,19 @@
 """PostgreSQL (the write model) through psycopg 3."""
 from __future__ import annotations
 
+from typing import Protocol
+
 import psycopg
 
-from app.settings import Settings
 from connectors import ServiceInfo, ServiceUnavailable
+
+
+class Settings(Protocol):
+    """The settings this connector reads: the application passes its settings object in (never imported here)."""
+
+    write_db_url: str
+    connect_timeout_s: float
+
 
 SERVICE = "postgresql"
 

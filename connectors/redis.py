@@ -1,24 +1,35 @@
 """Redis (live dashboard, query cache) through redis-py."""
 from __future__ import annotations
 
+from typing import Protocol
+
 import redis
 import redis.asyncio
 
-from app.settings import Settings
 from connectors import ServiceInfo, ServiceUnavailable
+
+
+class Settings(Protocol):
+    """The settings this connector reads: the application passes its settings object in (never imported here)."""
+
+    redis_url: str
+    connect_timeout_s: float
+
 
 SERVICE = "redis"
 
 
+def _options(settings: Settings) -> dict:
+    return {"socket_connect_timeout": settings.connect_timeout_s,
+            "socket_timeout": max(settings.connect_timeout_s, 10.0), "decode_responses": True}
+
+
 def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.connect_timeout_s,
-                                socket_timeout=max(settings.connect_timeout_s, 10.0), decode_responses=True)
+    return redis.Redis.from_url(settings.redis_url, **_options(settings))
 
 
 def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
-    return redis.asyncio.Redis.from_url(settings.redis_url, socket_connect_timeout=settings.connect_timeout_s,
-                                        socket_timeout=max(settings.connect_timeout_s, 10.0),
-                                        decode_responses=True)
+    return redis.asyncio.Redis.from_url(settings.redis_url, **_options(settings))
 
 
 def check(settings: Settings) -> ServiceInfo:

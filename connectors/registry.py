@@ -1,10 +1,19 @@
 """Schema registry client (Confluent REST API), used unchanged against the local registry."""
 from __future__ import annotations
 
+from typing import Protocol
+
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from app.settings import Settings
 from connectors import ServiceInfo, ServiceUnavailable
+
+
+class Settings(Protocol):
+    """The settings this connector reads: the application passes its settings object in (never imported here)."""
+
+    schema_registry_url: str
+    connect_timeout_s: float
+
 
 SERVICE = "schema-registry"
 

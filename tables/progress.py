@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import faust
 
-from agents.engine import RECENT_IDS
+RECENT_IDS = 8   # event ids kept per aggregate for dedup; older ones are rejected by the sequence check
 
 
 class SourcePartitionedTable(faust.Table):

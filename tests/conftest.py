@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,11 @@ def stack(settings: Settings) -> Settings:
     if failures:
         pytest.fail("; ".join(failures), pytrace=False)
     return settings
+
+
+def stack_command(action: str, service: str) -> float:
+    """`deploy/local/stack <action> <service>` (e.g. to stop a store for a while); returns how long it took."""
+    started = time.monotonic()
+    proc = subprocess.run([str(STACK), action, service], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"stack {action} {service}: {proc.stdout}{proc.stderr}"
+    return time.monotonic() - started

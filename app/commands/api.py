@@ -21,7 +21,7 @@ from app.http.errors import error_body
 from app.http.metrics import LATENCY_BUCKETS
 from app.http.service import service_app
 from app.settings import Settings, get_settings
-from app.setup import prepare_event_codecs
+from app.operations.setup import prepare_event_codecs
 from domain.errors import InvalidCommand
 
 COMMAND_LATENCY = Histogram("command_duration_seconds", "Command handling time by command and HTTP status",

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg import AsyncConnection
-from psycopg.rows import dict_row
 
 from domain.customers import Customer
 from domain.orders import Order, OrderLine, OrderStatus
@@ -180,24 +179,6 @@ def append_outbox(rows: Sequence[dict]) -> list[Write]:
         tuple(list(col) for col in zip(*[(r["event_id"], r["topic"], r["aggregate_type"], r["aggregate_id"],
                                            r["sequence_number"], r["event_type"], r["payload"], r["headers"])
                                           for r in rows])))]
-
-
-async def order_snapshot(conn: AsyncConnection, order_id: str) -> dict | None:
-    """The order as the write model has it, joined for display (the query side's stale fallback)."""
-    cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(
-        "select o.order_id, o.customer_id, c.name as customer_name, c.email as customer_email, o.status, "
-        "o.total, o.version, o.created_at, o.updated_at from orders o join customers c using (customer_id) "
-        "where o.order_id = %s", (order_id,))
-    order = await cur.fetchone()
-    if order is None:
-        return None
-    await cur.execute(
-        "select i.product_id, p.name as product_name, p.image_url as product_image, i.quantity, "
-        "i.unit_price from order_items i join products p using (product_id) where i.order_id = %s "
-        "order by i.line_no", (order_id,))
-    order["items"] = await cur.fetchall()
-    return order
 
 
 def utc_iso(ts: datetime) -> str:

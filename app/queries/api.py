@@ -1,4 +1,4 @@
-"""The HTTP query API. It reads the read models the projections maintain (app/read_models.py): order
+"""The HTTP query API. It reads the read models the projections maintain (domain/read_models.py): order
 views and customer histories in MongoDB, the product index in Elasticsearch, sales counters in Redis.
 Hot reads are cached in Redis (app/queries/cache.py). An order its projection has not written yet is
 read from the write model and marked `"freshness": "stale"`. Every store call of a request shares one
@@ -27,14 +27,14 @@ from pydantic import BaseModel, Field
 from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
-from app.commands import store
 from app.http.errors import error_body
 from app.http.metrics import LATENCY_BUCKETS
 from app.http.service import service_app
-from app.queries import dashboard, reads
+from app.operations import dashboard
+from app.queries import reads, write_model
 from app.queries.cache import Lookup
 from app.queries.stores import Deadline, StoreUnavailable, Stores, request_deadline, stores
-from app.read_models import sales_day_key
+from domain.read_models import sales_day_key
 from app.settings import Settings, get_settings
 from domain.errors import InvalidCommand, NotFound
 
@@ -228,7 +228,7 @@ async def get_order(order_id: OrderId, request: Request, deadline: RequestDeadli
     if served is not None:
         return served
     async with deadline.within("postgresql") as seconds, s.pool.connection(timeout=seconds) as conn:
-        snapshot = await store.order_snapshot(conn, order_id)
+        snapshot = await write_model.order_snapshot(conn, order_id)
     if snapshot is None:
         raise NotFound(f"order {order_id} not found", code="order_not_found", field="order_id")
     return json_response(dumps(reads.snapshot_body(snapshot)), cache="bypass")
@@ -251,8 +251,8 @@ async def customer_orders(customer_id: CustomerId, request: Request, deadline: R
     if served is not None:
         return served
     async with deadline.within("postgresql") as seconds, s.pool.connection(timeout=seconds) as conn:
-        customer = await store.load_customer(conn, customer_id)
-    if customer is None:
+        known = await write_model.customer_exists(conn, customer_id)
+    if not known:
         raise NotFound(f"customer {customer_id} not found", code="customer_not_found", field="customer_id")
     return json_response(dumps(reads.history_page(customer_id, None, page, size)), cache="bypass")
 

@@ -1,6 +1,6 @@
 """The query API's Redis cache, and the one call projections make to keep it honest.
 
-Entries (key names from app.read_models):
+Entries (key names from domain.read_models):
 - `cache:order:<order id>` — a string: the JSON body of a FRESH order view (a stale fallback read
   from the write model is never cached). Expires CACHE_TTL_S after it was stored.
 - `cache:customer-orders:<customer id>` — a hash: field `<page>:<size>` -> the JSON body of that page
@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from app.read_models import CACHE_TTL_S, customer_history_cache_key, order_cache_key
+from domain.read_models import CACHE_TTL_S, customer_history_cache_key, order_cache_key
 
 LEASE_PREFIX = "lease:"
 LEASE_TTL_MS = 10_000  # a lease on an order key outlives any read it guards; hash leases die with the hash

@@ -85,7 +85,7 @@ def order_body(doc: Mapping[str, Any], freshness: str, last_seq: Any = None) -> 
 
 
 def snapshot_body(snapshot: Mapping[str, Any]) -> dict[str, Any]:
-    """The write model's order (store.order_snapshot) with the view's field names; version = last sequence."""
+    """The write model's order (write_model.order_snapshot) with the view's field names; version = last sequence."""
     return order_body(snapshot, STALE, last_seq=snapshot.get("version"))
 
 

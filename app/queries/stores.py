@@ -27,7 +27,7 @@ from psycopg_pool import AsyncConnectionPool
 from pymongo import AsyncMongoClient
 
 from app.queries.cache import CacheGuard, QueryCache
-from app.read_model_versions import ServingCache, ServingRecord
+from agents.read_model_versions import ServingCache, ServingRecord
 from app.settings import Settings
 from connectors.redis import async_redis_client
 

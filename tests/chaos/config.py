@@ -42,7 +42,7 @@ class ChaosConfig:
     upkeep_s: float = 30.0             # time allowed for periodic copies (dirty products) before counting
     sample_orders: int = 300           # orders read twice through the query API (0: all)
     sample_customers: int = 60         # customers whose history is read twice (0: all)
-    redis_db: int | None = None        # isolated Redis database (None: the first empty one of 8-15)
+    redis_db: int | None = None        # isolated Redis database (None: the first empty one of 10-15)
     run_dir: Path | None = None
     short: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)   # added to every worker's environment
@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> ChaosConfig:
     parser.add_argument("--seed", type=int, help="seed of the catalogue, the traffic and the fault plan")
     parser.add_argument("--only", help=f"comma-separated fault kinds to run, of {', '.join(FAULT_KINDS)}")
     parser.add_argument("--stores", help=f"comma-separated stores to take down, of {', '.join(STORES)}")
-    parser.add_argument("--redis-db", type=int, help="isolated Redis database (default: first empty of 8-15)")
+    parser.add_argument("--redis-db", type=int, help="isolated Redis database (default: first empty of 10-15)")
     parser.add_argument("--run-dir", type=Path, help="where process logs go (default: a new temporary directory)")
     args = parser.parse_args(argv)
     config = SHORT if args.short else LONG

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app.projections import PROJECTIONS
+from agents.projections import PROJECTIONS
 from tests.chaos.config import ChaosConfig
 from tests.chaos.progress import GroupProgress
 from tests.chaos.stack_control import StackControl

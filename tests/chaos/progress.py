@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from app.projections import PROJECTIONS, consumer_group, source_topics
+from agents.projections import PROJECTIONS, consumer_group, source_topics
 from app.settings import Settings
 from tests.chaos.kafka_probe import KafkaProbe
 from tests.conftest import ROOT

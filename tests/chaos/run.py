@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import redis as redis_py
 
-from app import processes
-from app.projections import PROJECTIONS, consumer_group
+from app.operations import processes
+from agents.projections import PROJECTIONS, consumer_group
 from app.settings import Settings
 from connectors import postgres
 from tests.chaos.cached_reads import check_cached_reads
@@ -44,7 +44,7 @@ from tests.e2e.pipeline import Mismatches, Pipeline, count_mismatches, truth
 SETUP_TIMEOUT_S = 180.0
 READY_TIMEOUT_S = 60.0
 TAIL_S = 5.0   # traffic after the last planned fault start, at least
-ISOLATED_REDIS_DBS = range(8, 16)   # the end-to-end tests use 2-7
+ISOLATED_REDIS_DBS = range(10, 16)   # the end-to-end tests use 2-9
 
 
 WORKERS_READY_S = 120.0
@@ -194,7 +194,7 @@ def _setup(prefix: str, run_dir: Path) -> None:
 
 
 def _empty_redis_db(base: Settings) -> int:
-    """The first empty Redis database of 8-15, so concurrent runs and the end-to-end tests never share one."""
+    """The first empty Redis database of 10-15, so concurrent runs and the end-to-end tests never share one."""
     for db in ISOLATED_REDIS_DBS:
         client = redis_py.Redis.from_url(f"redis://127.0.0.1:6379/{db}",  # the address Pipeline uses
                                          socket_connect_timeout=base.connect_timeout_s)

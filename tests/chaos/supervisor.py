@@ -15,8 +15,8 @@ from pathlib import Path
 
 import httpx
 
-from app import processes
-from app.projections import PROJECTIONS
+from app.operations import processes
+from agents.projections import PROJECTIONS
 from tests.chaos.timeline import RunClock
 
 HARNESS_KILL, HARNESS_STOP, FAILPOINT, SELF_EXIT = "harness-kill", "harness-stop", "failpoint", "self-exit"

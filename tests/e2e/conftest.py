@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,12 +25,12 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from app import processes
+from app.operations import processes
 from app.commands.relay import RELAY_LOCK_KEY
-from app.read_model_versions import ServingRecord
-from app.read_models import READ_MODEL_VERSIONS, OrderCollections
+from agents.read_model_versions import ServingRecord
+from domain.read_models import READ_MODEL_VERSIONS, OrderCollections
 from app.settings import Settings
-from app.setup import prepare_event_codecs
+from app.operations.setup import prepare_event_codecs
 from connectors import kafka, postgres
 from schemas.codec import EventCodec
 from tests.conftest import ROOT
@@ -122,14 +121,7 @@ class Gateway:
         """SIGTERM (graceful: the relay finishes and releases its lock), SIGKILL if it takes too long."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return processes.stop_process(self.proc, timeout)
 
     def kill(self) -> None:
         """SIGKILL: a crash, nothing shuts down cleanly."""

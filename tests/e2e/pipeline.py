@@ -16,10 +16,10 @@ from typing import Any
 
 from elasticsearch.helpers import scan
 
-from app import processes
-from app.read_models import sales_day_key
+from app.operations import processes
+from domain.read_models import sales_day_key
 from app.settings import Settings
-from app.projections import PROJECTIONS
+from agents.projections import PROJECTIONS
 from connectors import elasticsearch, kafka, mongo, postgres, redis
 from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, serving_order_collections,
                                 serving_record)

@@ -19,11 +19,11 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from app import processes
-from app.projections import PROJECTIONS, consumer_group
-from app.queries.dashboard import DeadLetterTally
+from app.operations import processes
+from agents.projections import PROJECTIONS, consumer_group
+from app.operations.dashboard import DeadLetterTally
 from app.settings import Settings
-from app.setup import prepare_event_codecs
+from app.operations.setup import prepare_event_codecs
 from connectors import kafka, mongo
 from deploy.local.base import StackError, StackPaths, apt_install
 from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, gateway_spawner,

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from app.processes import ROOT
+from app.operations.processes import ROOT
 
 STEPS = ("== 1. An admin adds products", "== 2. A customer searches", "== 3. The customer registers",
          "== 4. The warehouse ships it", "== 5. Product stats follow the order", "== 6. The customer views",

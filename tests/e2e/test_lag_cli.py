@@ -16,10 +16,10 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from app import processes
+from app.operations import processes
 from app.settings import Settings
-from app.setup import prepare_event_codecs
-from app.projections import PROJECTIONS
+from app.operations.setup import prepare_event_codecs
+from agents.projections import PROJECTIONS
 from connectors import kafka, mongo, postgres
 from schemas import TOPICS
 from tests.conftest import ROOT

@@ -12,11 +12,11 @@ import httpx
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from app import processes
-from app.read_models import PRODUCTS_ALIAS, history_entry_id, sales_day_key
+from app.operations import processes
+from domain.read_models import PRODUCTS_ALIAS, history_entry_id, sales_day_key
 from app.settings import Settings
 from agents.dead_letters import DLQ_TOPIC, describe
-from app.projections import PROJECTIONS
+from agents.projections import PROJECTIONS
 from connectors import elasticsearch, kafka, mongo, redis
 from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, serving_order_collections,
                                 serving_record, wait_until)

@@ -1,6 +1,6 @@
 """The query side end to end: HTTP requests to a real `cqrs query-api` process reading real stores.
 
-The read models are seeded directly, following app/read_models.py, into stores private to this
+The read models are seeded directly, following domain/read_models.py, into stores private to this
 module (a fresh MongoDB database, a fresh Elasticsearch index behind its own alias, unique Redis
 keys), so projections running against the same stack neither disturb nor are disturbed. The stale
 fallback reads orders created through a real command gateway."""
@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from app.queries.cache import QueryCache, invalidate_order
-from app.read_models import (
+from domain.read_models import (
     CUSTOMER_HISTORY,
     ORDER_VIEWS,
     PRODUCTS_MAPPING,

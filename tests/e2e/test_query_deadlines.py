@@ -20,8 +20,8 @@ import pytest
 from redis.exceptions import RedisError
 
 from app.queries.cache import invalidate_order
-from app.read_model_versions import READ_CACHE_S
-from app.read_models import CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCTS_MAPPING, history_entry_id
+from agents.read_model_versions import READ_CACHE_S
+from domain.read_models import CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCTS_MAPPING, history_entry_id
 from app.settings import Settings
 from connectors.elasticsearch import es_client
 from connectors.mongo import mongo_client

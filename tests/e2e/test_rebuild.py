@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.read_model_versions import ServingRecord
-from app.read_models import CUSTOMER_HISTORY, ORDER_VIEWS, READ_MODEL_VERSIONS, order_collections
-from app.rebuild import lock_key, rebuild_group
+from agents.read_model_versions import ServingRecord
+from domain.read_models import CUSTOMER_HISTORY, ORDER_VIEWS, READ_MODEL_VERSIONS, order_collections
+from app.operations.rebuild import lock_key, rebuild_group
 from app.settings import Settings
 from connectors import elasticsearch, kafka, mongo, postgres, redis
 from tests.e2e.conftest import create_customer, create_order, create_product, make_client, wait_until

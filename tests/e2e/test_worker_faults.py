@@ -12,11 +12,11 @@ import uuid
 import httpx
 import pytest
 
-from app import processes
-from app.projections import PROJECTIONS
+from app.operations import processes
+from agents.projections import PROJECTIONS
 from app.settings import Settings
 from connectors import mongo, redis
-from tests.conftest import ROOT
+from tests.conftest import ROOT, stack_command as stack
 from tests.e2e.conftest import create_customer, create_order, create_product, free_port, make_client, wait_until
 from tests.e2e.pipeline import Pipeline, check_against_truth, place_orders, truth
 
@@ -39,15 +39,6 @@ def readiness(url: str) -> dict | None:
     except httpx.HTTPError:
         return None
     return {"status": r.status_code, **r.json()}
-
-
-def stack(action: str, service: str) -> float:
-    """`deploy/local/stack <action> <service>`; returns how long it took."""
-    started = time.monotonic()
-    proc = subprocess.run([str(ROOT / "deploy/local/stack"), action, service], capture_output=True, text=True,
-                          timeout=180)
-    assert proc.returncode == 0, f"stack {action} {service}: {proc.stdout}{proc.stderr}"
-    return time.monotonic() - started
 
 
 def test_a_crash_between_the_writes_of_one_batch_is_completed_on_restart(isolated, settings: Settings, token: str):

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from app.settings import Settings
-from app.projections import PROJECTIONS, TOPICS
+from agents.projections import PROJECTIONS, TOPICS
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

@@ -17,7 +17,7 @@ from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
 from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
 
 from agents.dead_letters import SourceRecord
-from agents.engine import BatchProcessor, MemoryProgress, RetryPolicy, SinkFailed
+from agents.engine import BatchProcessor, MemoryProgress, Projection, RetryPolicy, SinkFailed
 from agents.outages import StoreHealth, outage_store
 from connectors import ServiceUnavailable
 
@@ -33,7 +33,7 @@ class JsonCodec:
         return json.loads(value)
 
 
-class TwoDocuments:
+class TwoDocuments(Projection):
     """Writes `views[agg]` (whose seq is the state loaded next time) and then `history[agg]`."""
 
     name = "two-documents"
@@ -210,3 +210,17 @@ def test_time_waiting_for_a_store_does_not_count_towards_a_sequence_gap():
     health.recovered({"elasticsearch"})
     now[0] = 75.0
     assert health.consuming_time() == 15.0
+
+
+def test_events_held_for_a_gap_keep_the_commit_below_them_until_applied():
+    """A held event's record travels with it through the gate: its offset floors the commit, it is
+    recorded with its own partition once the gap fills, and the floor goes away."""
+    views, history, progress = {}, {}, MemoryProgress()
+    engine = processor(TwoDocuments(views, history), progress)
+    run(engine.process([record("o1", 2, "shipped", 7), record("o2", 1, "pending", 8)]))
+    assert engine.held_floor == {("orders", 0): 7} and "o1" not in views and views["o2"]["seq"] == 1
+
+    report = run(engine.process([record("o1", 1, "pending", 9)]))
+
+    assert report.applied == 2 and views["o1"] == history["o1"] == {"seq": 2, "status": "shipped"}
+    assert engine.held_floor == {} and progress.last("o1") == 2

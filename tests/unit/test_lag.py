@@ -12,10 +12,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from app.lag import (LagError, PartitionOffsets, add_arguments, build_row, event_time_lag, exit_code, format_table,
+from app.operations.lag import (LagError, PartitionOffsets, add_arguments, build_row, event_time_lag, exit_code, format_table,
                      run, seek_rounds, select_projections, to_json, totals)
 from app.settings import Settings
-from app.projections import PROJECTIONS, consumer_group
+from agents.projections import PROJECTIONS, consumer_group
 from connectors import ServiceUnavailable
 from connectors.kafka import KafkaSlow, after_metadata, retry_slow
 
@@ -118,10 +118,10 @@ def test_projection_selection_names_the_valid_ones_when_unknown():
 
 def test_lag_reads_the_group_the_workers_join():
     from app.settings import Settings
-    from app.worker import create_worker_app
+    from agents.worker import create_worker_app
 
     assert consumer_group("order-views", "") == "cqrs-order-views"
-    app = create_worker_app("sales-stats", Settings(projection_group_suffix="-rebuild"))
+    app = create_worker_app("sales-stats", Settings(projection_group_suffix="-rebuild"), dict)
     assert app.conf.id == consumer_group("sales-stats", "-rebuild") == "cqrs-sales-stats-rebuild"
 
 

@@ -10,16 +10,16 @@ from typing import Any
 
 import pytest
 
-from agents.engine import BatchProcessor, MemoryProgress
+from agents.engine import BatchProcessor, MemoryProgress, Projection
 from agents.replay_buffer import FlushFailed, ReplayBuffer
-from app.read_model_versions import ServingCache, ServingRecord
-from app.read_models import (CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCT_STATS, SALES_PREFIX, OrderCollections,
+from agents.read_model_versions import ServingCache, ServingRecord
+from domain.read_models import (CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCT_STATS, SALES_PREFIX, OrderCollections,
                              order_collections, product_stats_collection, products_index, products_index_version,
                              sales_day_key, sales_prefix)
-from app.rebuild import RebuildOptions, RebuildRefused, add_arguments, lock_key, options_from, rebuild_group
-from app.rebuild_progress import RebuildProgress, duration, progress_line
-from app.rebuild_targets import REBUILDABLE
-from app.projections import PROJECTIONS
+from app.operations.rebuild import RebuildOptions, RebuildRefused, add_arguments, lock_key, options_from, rebuild_group
+from app.operations.rebuild_progress import RebuildProgress, duration, progress_line
+from app.operations.rebuild_targets import REBUILDABLE
+from agents.projections import PROJECTIONS
 
 
 # ---- names ---------------------------------------------------------------------------------------
@@ -43,7 +43,7 @@ def test_search_index_versions_round_trip_through_their_names():
 
 
 def test_rebuild_groups_are_listed_by_the_dashboard_as_rebuilds():
-    from app.queries.dashboard import rebuild_projection
+    from app.operations.dashboard import rebuild_projection
 
     group = rebuild_group("order-views", 5, "-t1")
     assert group == "cqrs-order-views-rebuild-v5-t1"
@@ -134,7 +134,7 @@ def test_readers_see_a_switch_within_the_cache_time():
 
 # ---- the replay buffer ---------------------------------------------------------------------------
 
-class CountingStore:
+class CountingStore(Projection):
     """A projection over a dict: counts loads and writes, can reject ids."""
 
     name = "counting"
@@ -370,7 +370,7 @@ def test_bad_options_are_refused_naming_each_one():
 
 
 def test_versions_are_found_among_collection_names():
-    from app.rebuild_targets import collection_versions
+    from app.operations.rebuild_targets import collection_versions
 
     names = ["order_views", "order_views_v3", "customer_order_history_v7", "order_views_vx", "other_v9"]
     assert collection_versions(names, (ORDER_VIEWS, CUSTOMER_HISTORY)) == {1, 3, 7}

@@ -6,8 +6,8 @@ import asyncio
 import pytest
 from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
 
-from app.read_model_versions import ServingRecord
-from app.worker import ServingFollower
+from agents.read_model_versions import ServingRecord
+from agents.worker import ServingFollower
 
 
 class Pointer:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.read_models import PRODUCTS_MAPPING
+from domain.read_models import PRODUCTS_MAPPING
 from domain.errors import DomainError
 from domain.events import AggregateType, DomainEvent
 from domain.orders import (

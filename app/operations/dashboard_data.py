@@ -1,7 +1,7 @@
 """What the operations dashboard shows, read from Kafka: the per-process state behind
-`GET /api/ops/pipeline` (app/queries/dashboard.py has the routes).
+`GET /api/ops/pipeline` (app/operations/dashboard.py has the routes).
 
-Per projection the JSON gives the totals `cqrs lag` computes (app/lag.py `LagReader`, reused here):
+Per projection the JSON gives the totals `cqrs lag` computes (app/operations/lag.py `LagReader`, reused here):
 committed offsets, end offsets, offset lag and event-time lag, plus a throughput in events/s. The
 throughput is the change of the group's position (end minus offset lag, summed over its partitions)
 between the two most recent samples, divided by the seconds between them; it is null until a second
@@ -39,8 +39,8 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from agents.dead_letters import DLQ_TOPIC, describe
-from app.lag import LagReader, LagRow, LagTotal, totals
-from app.projections import PROJECTIONS, consumer_group
+from app.operations.lag import LagReader, LagRow, LagTotal, totals
+from agents.projections import PROJECTIONS, consumer_group
 from app.settings import Settings
 from connectors import kafka
 

@@ -1,7 +1,7 @@
 """What `cqrs rebuild` does to each rebuildable read model: create a version, write it through the same
 projection code as the live worker, switch reads to it, and drop a retired one.
 
-- order-views (MongoDB): version N is a pair of collections (app.read_models.order_collections); the
+- order-views (MongoDB): version N is a pair of collections (domain.read_models.order_collections); the
   switch is one update of the projection's READ_MODEL_VERSIONS document (the pointer the query API
   and the live workers read).
 - product-search (Elasticsearch): version N is the index `<alias>-v<N>`; the switch is one atomic
@@ -28,8 +28,8 @@ from agents.order_views import OrderViews, ensure_order_indexes
 from agents.product_search import SERVING_REFRESH, ProductSearch, aliased_index, create_products_index
 from agents.sales_stats import DIRTY, SalesStats
 from agents.search_bulk import bulk_failures
-from app.read_model_versions import ServingRecord, current
-from app.read_models import (CACHE_PREFIX, CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCT_STATS, READ_MODEL_VERSIONS,
+from agents.read_model_versions import ServingRecord, current
+from domain.read_models import (CACHE_PREFIX, CUSTOMER_HISTORY, ORDER_VIEWS, PRODUCT_STATS, READ_MODEL_VERSIONS,
                              SALES_PREFIX, order_collections, product_stats_collection, products_index,
                              products_index_version, sales_prefix, sales_product_key)
 

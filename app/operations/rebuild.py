@@ -33,14 +33,14 @@ from agents.dead_letters import DeadLetters, SourceRecord
 from agents.engine import BatchProcessor, MemoryProgress
 from agents.gate import SequenceGate
 from agents.replay_buffer import ReplayBuffer
-from app.projections import consumer_group, source_topics
-from app.read_model_versions import FENCE_S, current
-from app.read_models import READ_MODEL_VERSIONS
-from app.rebuild_progress import RebuildProgress, duration
-from app.rebuild_targets import (REBUILDABLE, OrderViewsTarget, ProductSearchTarget, RebuildTarget,
+from agents.projections import consumer_group, source_topics
+from agents.read_model_versions import FENCE_S, current
+from domain.read_models import READ_MODEL_VERSIONS
+from app.operations.rebuild_progress import RebuildProgress, duration
+from app.operations.rebuild_targets import (REBUILDABLE, OrderViewsTarget, ProductSearchTarget, RebuildTarget,
                                  SalesStatsTarget)
 from app.settings import Settings
-from app.setup import prepare_event_codecs
+from app.operations.setup import prepare_event_codecs
 from connectors import elasticsearch, kafka, mongo, postgres, redis
 
 LOCK_NAMESPACE = 0x0C9A6

@@ -18,7 +18,7 @@ MongoDB (database `settings.mongo_database`):
 Versions (`cqrs rebuild`): version 1 of each read model lives under the names above. A rebuild writes
 version N of the order views into `order_views_v<N>` and `customer_order_history_v<N>`, of the sales
 figures under the Redis prefix `sales:v<N>:` and into `product_stats_v<N>`; READ_MODEL_VERSIONS says
-which version serves (app.read_model_versions). The search index is versioned behind its alias; the
+which version serves (agents.read_model_versions). The search index is versioned behind its alias; the
 purchase counts the sales projection copies into it carry `sales_version`, so a copy from an older
 sales version never overwrites one from a newer.
 

@@ -42,7 +42,7 @@ from typing import TextIO
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from app.settings import Settings
-from app.projections import PROJECTIONS, consumer_group, source_topics
+from agents.projections import PROJECTIONS, consumer_group, source_topics
 from connectors import ServiceUnavailable, kafka, registry
 from connectors.kafka import KafkaSlow, after_metadata, retry_slow
 from schemas.codec import DecodeError, EventCodec, register_codecs

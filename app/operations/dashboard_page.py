@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from importlib.resources import files
 from string import Template
 
-PAGE = Template((files("app.queries.templates") / "dashboard.html").read_text(encoding="utf-8"))
+PAGE = Template((files("app.operations.templates") / "dashboard.html").read_text(encoding="utf-8"))
 
 METRICS = (("throughput_eps", "throughput", "events/s"), ("offset_lag", "offset lag", "records"),
            ("event_time_lag_s", "event-time lag", "s"), ("committed", "committed", "offsets"),

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.read_models import (READ_MODEL_VERSIONS, OrderCollections, order_collections, product_stats_collection,
+from domain.read_models import (READ_MODEL_VERSIONS, OrderCollections, order_collections, product_stats_collection,
                              sales_prefix)
 
 FENCE_S = 10.0

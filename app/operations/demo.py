@@ -19,11 +19,11 @@ from typing import Any
 
 import httpx
 
-from app import processes
-from app.lag import LagReader, totals
-from app.projections import PROJECTIONS
+from app.operations import processes
+from app.operations.lag import LagReader, totals
+from agents.projections import PROJECTIONS
 from app.settings import Settings
-from app.setup import setup_all
+from app.operations.setup import setup_all
 
 VISIBLE_WITHIN_S = 60.0
 CATCH_UP_WITHIN_S = 600.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from app.migrate import sqlalchemy_url
+from app.commands.migrate import sqlalchemy_url
 from app.settings import get_settings
 
 

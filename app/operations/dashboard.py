@@ -1,6 +1,6 @@
 """The live operations dashboard of the query API: `GET /dashboard` (one self-contained HTML page,
-app/queries/dashboard_page.py and templates/dashboard.html) and `GET /api/ops/pipeline` (the JSON it
-polls, collected by app/queries/dashboard_data.py: per projection offsets, lag and throughput; dead
+app/operations/dashboard_page.py and templates/dashboard.html) and `GET /api/ops/pipeline` (the JSON it
+polls, collected by app/operations/dashboard_data.py: per projection offsets, lag and throughput; dead
 letters; rebuilds in progress).
 
 Every Kafka call is bounded by `connect_timeout_s` and runs in a worker thread; an unreachable Kafka
@@ -17,13 +17,13 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from app.http.errors import error_body
-from app.lag import LagError
-from app.projections import PROJECTIONS
-from app.queries.dashboard_data import (  # noqa: F401  (re-exported: the dashboard's data model)
+from app.operations.lag import LagError
+from agents.projections import PROJECTIONS
+from app.operations.dashboard_data import (  # noqa: F401  (re-exported: the dashboard's data model)
     DLQ_MAX_RECORDS_PER_CALL, MIN_SAMPLE_INTERVAL_S, UNKNOWN_PROJECTION, WINDOW_S, DeadLetterCounts,
     DeadLetterTally, PipelineMonitor, Point, Samples, list_groups, make_point, position_of, rebuild_projection,
     tally_headers, throughput)
-from app.queries.dashboard_page import CHARTS, METRICS, render_card, render_page  # noqa: F401
+from app.operations.dashboard_page import CHARTS, METRICS, render_card, render_page  # noqa: F401
 from connectors import ServiceUnavailable, kafka
 
 DEFAULT_REFRESH_S = 2

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import faust
 import psycopg_pool
@@ -18,6 +20,8 @@ from elasticsearch import AsyncElasticsearch
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from agents import commit_guard, dead_letters
+from agents.commit_guard import CommitGuard, exit_unprocessed
 from agents.dead_letters import DeadLetters, SourceRecord
 from agents.engine import BatchProcessor, Projection
 from agents.gate import SequenceGate
@@ -26,16 +30,32 @@ from agents.outages import StoreHealth, outage_store
 from agents.order_views import OrderViews, ensure_order_indexes
 from agents.product_search import ProductSearch, ensure_products_index
 from agents.sales_stats import SalesStats
-from app.commit_guard import CommitGuard, exit_unprocessed
-from app.projections import PROJECTIONS, consumer_group, source_topics
-from app.read_model_versions import ServingRecord, current, wait_unfenced
-from app.read_models import READ_MODEL_VERSIONS
-from app.settings import Settings
-from app.setup import prepare_event_codecs
+from agents.projections import PROJECTIONS, consumer_group, source_topics
+from agents.read_model_versions import ServingRecord, current, wait_unfenced
+from domain.read_models import READ_MODEL_VERSIONS
+from connectors import elasticsearch, mongo, postgres
 from connectors import redis as redis_connector
+from schemas.codec import EventCodec
 from tables.progress import TableProgress
 
 log = logging.getLogger("cqrs.worker")
+PrepareCodecs = Callable[[], dict[str, EventCodec]]
+
+
+class Settings(commit_guard.Settings, dead_letters.Settings, mongo.Settings, elasticsearch.Settings,
+               redis_connector.Settings, postgres.Settings, Protocol):
+    """What a worker reads of the application's settings; the entry point passes its settings object in."""
+
+    es_products_alias: str
+    gap_hold_seconds: float
+    projection_batch_size: int
+    projection_batch_wait_s: float
+    projection_group_suffix: str
+    projection_tick_s: float
+    topic_partitions: int
+    topic_prefix: str
+    worker_data_dir: str
+    worker_session_timeout_s: float
 
 
 async def build_projection(name: str, settings: Settings) -> tuple[Projection, list, AsyncDatabase]:
@@ -138,9 +158,11 @@ def report_offset_lag(app: faust.App, name: str, records: list[SourceRecord], re
             reported.add(tp)
 
 
-def create_worker_app(name: str, settings: Settings, health: StoreHealth | None = None) -> faust.App:
-    """The Faust app of one projection. `health` (served on the worker's /readyz) learns when the worker
-    has restored its tables and which stores it is waiting for."""
+def create_worker_app(name: str, settings: Settings, prepare_codecs: PrepareCodecs,
+                      health: StoreHealth | None = None) -> faust.App:
+    """The Faust app of one projection. `prepare_codecs` makes sure the event topics and schemas exist and
+    returns their codecs; `health` (served on the worker's /readyz) learns when the worker has restored its
+    tables and which stores it is waiting for."""
     if name not in PROJECTIONS:
         raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
     Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
@@ -177,7 +199,7 @@ def create_worker_app(name: str, settings: Settings, health: StoreHealth | None 
         try:
             projection, closers, db = await build_projection(name, settings)
             versions = state["versions"] = db[READ_MODEL_VERSIONS]
-            codecs = prepare_event_codecs(settings)
+            codecs = prepare_codecs()
             processor = BatchProcessor(projection, codecs, progress, DeadLetters(settings, name),
                                        SequenceGate(settings.gap_hold_seconds, clock=health.consuming_time), health=health)
             follower = state["follower"] = ServingFollower(projection, versions)
@@ -211,11 +233,10 @@ def create_worker_app(name: str, settings: Settings, health: StoreHealth | None 
                 await guard.watch()
             except Exception as exc:  # e.g. the broker briefly unreachable; checked again next tick
                 log.warning("%s liveness check failed: %s", name, exc)
-        upkeep = getattr(processor.projection, "tick", None) if processor else None
-        if upkeep is not None:
+        if processor is not None:
             try:
                 await state["follower"].follow()
-                await upkeep()
+                await processor.projection.tick()
             except Exception as exc:  # upkeep retries on the next tick
                 (log.info if outage_store(exc) else log.warning)("%s upkeep failed: %s", name, exc)
 

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import faust
 from faust.types import TP
@@ -26,12 +26,18 @@ from agents.metrics import EVENTS, REREADS
 from agents.engine import RetryPolicy
 from agents.offsets import SourceOffsets, TopicPartitionKey
 from agents.outages import StoreHealth
-from app.settings import Settings
 from connectors import kafka
 
 log = logging.getLogger("cqrs.worker")
 RESEEK_AFTER_S = 2.0
 EXIT_UNPROCESSED = 75  # EX_TEMPFAIL: restart me
+
+
+class Settings(kafka.Settings, Protocol):
+    """What the guard reads of the application's settings (passed in)."""
+
+    projection_start: str
+    worker_stall_s: float
 
 
 class CommitGuard:
@@ -171,6 +177,15 @@ class CommitGuard:
         for tp, offset in behind.items():
             self._seeks.pop(tp, None)
             await self._reread(tp, offset)
+
+
+    async def kafka_answers(self) -> bool:
+        """Whether the cluster answers a metadata request within the connect timeout."""
+        try:
+            await asyncio.to_thread(self.admin.list_topics, timeout=self.settings.connect_timeout_s)
+        except Exception:  # noqa: BLE001 - any failure means "not answering"
+            return False
+        return True
 
 
 def exit_stalled(projection: str, behind: dict[TopicPartitionKey, int], waited: float) -> NoReturn:

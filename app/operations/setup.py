@@ -23,7 +23,7 @@ def prepare_event_codecs(settings: Settings) -> dict[str, EventCodec]:
 
 
 def setup_all(settings: Settings) -> dict[str, str]:
-    from app.migrate import migrate
+    from app.commands.migrate import migrate
 
     revision = migrate(settings)
     codecs = prepare_event_codecs(settings)

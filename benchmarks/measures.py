@@ -1,0 +1,89 @@
+"""What the benchmarks measure with: CPU time from Linux /proc (per process, per role, whole machine) and
+the number formatting of their reports."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+
+def fmt(n: float) -> str:
+    return f"{n:,.0f}"
+
+
+def rate(count: float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc), 0 if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine so far (Linux /proc/stat)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def process_cpu() -> dict[int, tuple[str, int, float]]:
+    """{pid: (command line, start time, user + system CPU seconds)} of every process (Linux /proc)."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        out[int(entry.name)] = (cmd or stat.split("(", 1)[1].rsplit(")", 1)[0], int(fields[19]),
+                                (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def cpu_by_role(before: dict[int, tuple[str, int, float]], after: dict[int, tuple[str, int, float]],
+                own: dict[int, str]) -> dict[str, float]:
+    """CPU seconds spent between two snapshots, by what the process is (processes that ended in between
+    are not counted)."""
+    roles: Counter = Counter()
+    for pid, (cmd, started, cpu) in after.items():
+        spent = cpu - before[pid][2] if pid in before and before[pid][1] == started else cpu
+        if pid in own:
+            role = own[pid]
+        elif pid == os.getpid():
+            role = "this benchmark process"
+        elif cmd.startswith("postgres:") and " ferretdb " in cmd:
+            role = "PostgreSQL backends of FerretDB"
+        elif "ferretdb" in cmd:
+            role = "FerretDB"
+        elif cmd.startswith("postgres"):
+            role = "PostgreSQL, other"
+        elif "org.elasticsearch" in cmd:
+            role = "Elasticsearch"
+        elif "kafka.Kafka" in cmd:
+            role = "Kafka"
+        elif "apicurio" in cmd or "quarkus" in cmd:
+            role = "schema registry"
+        elif "redis-server" in cmd:
+            role = "Redis"
+        else:
+            role = "other processes (not this benchmark)"
+        roles[role] += spent
+    return dict(roles)
+
+
+class BusyMeter:
+    def __init__(self) -> None:
+        self.start = machine_busy()
+
+    def percent(self) -> float:
+        busy, total = machine_busy()
+        return 100.0 * (busy - self.start[0]) / max(1, total - self.start[1])
