@@ -31,6 +31,7 @@ from agents.order_views import OrderViews, ensure_order_indexes
 from agents.product_search import ProductSearch, ensure_products_index
 from agents.sales_stats import SalesStats
 from agents.projections import PROJECTIONS, consumer_group, source_topics
+from agents.recovery_watch import RestoreWatch
 from agents.read_model_versions import ServingRecord, current, wait_unfenced
 from domain.read_models import READ_MODEL_VERSIONS
 from connectors import elasticsearch, mongo, postgres
@@ -56,6 +57,7 @@ class Settings(commit_guard.Settings, dead_letters.Settings, mongo.Settings, ela
     topic_prefix: str
     worker_data_dir: str
     worker_session_timeout_s: float
+    worker_restore_stall_s: float
 
 
 async def build_projection(name: str, settings: Settings) -> tuple[Projection, list, AsyncDatabase]:
@@ -192,6 +194,8 @@ def create_worker_app(name: str, settings: Settings, prepare_codecs: PrepareCode
     # paused partition (the fault suite saw the worker re-reading them in a loop after the pause).
     health = health or StoreHealth(name)
     guard = CommitGuard(app, settings, name, sources, health)
+    restore = RestoreWatch(lambda: app.tables.recovery, guard.kafka_answers,
+                           lambda why: exit_unprocessed(name, RuntimeError(why)), settings.worker_restore_stall_s)
     lag_reported: set[TP] = set()
 
     @app.agent(topic, name=name, concurrency=1)
@@ -226,7 +230,8 @@ def create_worker_app(name: str, settings: Settings, prepare_codecs: PrepareCode
     @app.timer(interval=settings.projection_tick_s)
     async def tick() -> None:
         """Periodic upkeep of a projection (e.g. re-copying figures a sink did not take yet) and the
-        consumer's liveness check."""
+        consumer's liveness checks."""
+        await restore.check()
         processor = state.get("processor")
         if processor is not None:
             try:

@@ -60,6 +60,8 @@ class Settings(BaseSettings):
     worker_stall_s: float = Field(20.0, gt=0, le=3600, description="How long a worker may receive nothing while its "
                                   "partitions have unprocessed records before it re-reads them, and after twice "
                                   "that, restarts.")
+    worker_restore_stall_s: float = Field(10.0, gt=0, le=3600, description="How long a restore of a worker's "
+                                          "tables may read nothing while Kafka answers before the worker restarts.")
 
     @property
     def api_token_set(self) -> frozenset[str]:
