@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from agents import failpoints
 from agents.dead_letters import SourceRecord
-from agents.gate import SequenceGate
+from agents.gate import Admitted, SequenceGate
 from agents.metrics import BATCH_SIZE, EVENTS, HELD, LAG_SECONDS, LAST_APPLIED, SINK_LATENCY
 from agents.outages import StoreHealth, outage_store
 from schemas.codec import DecodeError, EventCodec
@@ -234,9 +234,27 @@ class BatchProcessor:
         return found
 
     async def process(self, records: Sequence[SourceRecord]) -> BatchReport:
-        name = self.projection.name
+        """One batch: decode, drop duplicates, load state, order through the gate, apply, write, then
+        record progress — only after every write of the batch succeeded (see `_incomplete`)."""
         report = BatchReport(received=len(records))
-        BATCH_SIZE.labels(name).observe(len(records))
+        BATCH_SIZE.labels(self.projection.name).observe(len(records))
+        fresh = self._fresh(self._decode(records, report), report)
+        ids = self._to_load(fresh)
+        states = await self._retry("load state", self.projection.load, ids) if ids else {}
+        admitted = self._admit(fresh, states, report)
+        rewrite = self._incomplete(admitted.duplicates, states)
+        changed, applied = await self._apply(admitted, states, report)
+        rewritten = self._add_rewrites(rewrite, states, changed, applied)
+        report.rewritten = len(rewritten)
+        await self._write(changed, applied, report)
+        self._record(applied, rewritten, states, report)
+        if report.dead_lettered:
+            await self._retry("dead letters", self.dead_letters.flush)
+        self._floor_held()
+        self._count(report)
+        return report
+
+    def _decode(self, records: Sequence[SourceRecord], report: BatchReport) -> list[Delivered]:
         events: list[Delivered] = []
         for record in records:
             codec = self.codecs.get(record.topic)
@@ -245,69 +263,86 @@ class BatchProcessor:
                     raise DecodeError(f"no codec for topic {record.topic}")
                 if record.value is None:
                     raise DecodeError("record has no value")
-                event = Delivered(codec.decode(record.value), record)
+                events.append(Delivered(codec.decode(record.value), record))
             except DecodeError as exc:
                 self.dead_letters.send(record, reason="decode_error", error=str(exc))
                 report.dead_lettered += 1
-                continue
-            events.append(event)
+        return events
 
+    def _fresh(self, events: list[Delivered], report: BatchReport) -> list[Delivered]:
+        """The events whose ids the progress tables have not seen applied."""
         fresh = []
         for event in events:
             if event["event_id"] in self.progress.recent(event["aggregate_id"]):
                 report.duplicates += 1
             else:
                 fresh.append(event)
+        return fresh
 
-        ids = self._to_load(fresh)
-        states = await self._retry("load state", self.projection.load, ids) if ids else {}
-
+    def _admit(self, fresh: list[Delivered], states: Mapping[str, Any], report: BatchReport) -> Admitted:
         def last_applied(agg: str) -> int:
             return max(self.progress.last(agg), self.projection.last_seq(states.get(agg)))
 
         admitted = self.gate.admit(fresh, last_applied)
-        HELD.labels(name).set(self.gate.held)
+        HELD.labels(self.projection.name).set(self.gate.held)
         report.stale += len(admitted.duplicates)
-        rewrite = self._incomplete(admitted.duplicates, states)
         if admitted.expired:
             self._dead_letter(admitted.expired, "sequence_gap",
                               "held past the gap timeout waiting for a missing sequence number", report)
-            EVENTS.labels(name, "gap_expired").inc(len(admitted.expired))
+            EVENTS.labels(self.projection.name, "gap_expired").inc(len(admitted.expired))
+        return admitted
 
+    async def _apply(self, admitted: Admitted, states: Mapping[str, Any],
+                     report: BatchReport) -> tuple[dict[str, Any], dict[str, list[Delivered]]]:
+        """The new state of each aggregate with events ready, and the events it applied. A poison event is
+        dead-lettered with the events of its aggregate that depend on it."""
         ready = [e for run in admitted.ready.values() for e in run]
         refs = await self._retry("load references", self.projection.references, ready) if ready else None
         changed: dict[str, Any] = {}
-        applied: dict[str, list[Mapping[str, Any]]] = {}
+        applied: dict[str, list[Delivered]] = {}
         for agg, run in admitted.ready.items():
             state = states.get(agg)
-            done: list[Mapping[str, Any]] = []
+            done: list[Delivered] = []
             for i, event in enumerate(run):
                 try:
                     state = self.projection.apply(state, event, refs)
                 except Exception as exc:  # a poison event: dead-letter it and what depends on it
                     self._dead_letter(run[i:], "projector_error", f"{type(exc).__name__}: {exc}", report)
-                    EVENTS.labels(name, "failed").inc()
+                    EVENTS.labels(self.projection.name, "failed").inc()
                     break
                 done.append(event)
             if done:
                 changed[agg] = state
                 applied[agg] = done
+        return changed, applied
+
+    @staticmethod
+    def _add_rewrites(rewrite: dict[str, list], states: Mapping[str, Any], changed: dict[str, Any],
+                      applied: dict[str, list]) -> set[str]:
+        """Adds the stored state of each incomplete aggregate to the writes (unless new events change it
+        anyway, which writes it whole); returns those aggregates."""
         rewritten: set[str] = set()
         for agg, stale in rewrite.items():
-            if agg not in changed:  # else written whole with its new events anyway
+            if agg not in changed:
                 changed[agg] = states[agg]
                 applied[agg] = stale
                 rewritten.add(agg)
-        report.rewritten = len(rewritten)
+        return rewritten
 
-        failures: dict[str, str] = {}
-        if changed:
-            started = time.perf_counter()
-            failures = await self._retry("write", self.projection.write, changed)
-            SINK_LATENCY.labels(name, self.projection.sinks).observe(time.perf_counter() - started)
-            failpoints.reach("after-sink-write")
+    async def _write(self, changed: dict[str, Any], applied: dict[str, list[Delivered]], report: BatchReport) -> None:
+        """One write of every changed state; the events of aggregates the store rejected are dead-lettered
+        (and leave `applied`)."""
+        if not changed:
+            return
+        started = time.perf_counter()
+        failures = await self._retry("write", self.projection.write, changed)
+        SINK_LATENCY.labels(self.projection.name, self.projection.sinks).observe(time.perf_counter() - started)
+        failpoints.reach("after-sink-write")
         for agg, error in failures.items():
             self._dead_letter(applied.pop(agg, []), "sink_error", error, report, attempts=self.retry.attempts)
+
+    def _record(self, applied: dict[str, list[Delivered]], rewritten: set[str], states: Mapping[str, Any],
+                report: BatchReport) -> None:
         for agg, done in applied.items():
             seq = done[-1]["sequence_number"]
             if agg in rewritten:
@@ -319,12 +354,16 @@ class BatchProcessor:
             for event in done:
                 if report.last_occurred_at is None or event["occurred_at"] > report.last_occurred_at:
                     report.last_occurred_at = event["occurred_at"]
-        if report.dead_lettered:
-            await self._retry("dead letters", self.dead_letters.flush)
+
+    def _floor_held(self) -> None:
+        """The lowest offset per source partition of the events the gate holds: commits stay below it."""
         self.held_floor = {}
         for event in self.gate.held_events():
             tp = (event.record.topic, event.record.partition)
             self.held_floor[tp] = min(event.record.offset, self.held_floor.get(tp, event.record.offset))
+
+    def _count(self, report: BatchReport) -> None:
+        name = self.projection.name
         EVENTS.labels(name, "applied").inc(report.applied)
         EVENTS.labels(name, "duplicate").inc(report.duplicates)
         EVENTS.labels(name, "stale").inc(report.stale)
@@ -333,4 +372,3 @@ class BatchProcessor:
             ts = report.last_occurred_at.timestamp()
             LAST_APPLIED.labels(name).set(ts)
             LAG_SECONDS.labels(name).set(max(0.0, time.time() - ts))
-        return report

@@ -3,9 +3,9 @@
 After every rebalance Faust restores a worker's tables from their changelogs before its agent gets a record.
 A Kafka restart in the middle of that restore has left it waiting for changelog records that never came
 (the fault suite saw no record for a minute while Kafka was back and answering), and the worker's stall
-check only noticed after twice `worker_stall_s` (41 s). This check exits (crash-only) once a restore has
-not moved for `worker_restore_stall_s` while Kafka answers: a fresh process restores in seconds. While Kafka does not answer, a
-restore that does not move is an outage, waited out like any other.
+check only noticed after twice `worker_stall_s` (41 s). This check exits (crash-only) once a restore
+has not moved for `worker_restore_stall_s` while Kafka answers: a fresh process restores in seconds.
+While Kafka does not answer, a restore that does not move is an outage, waited out like any other.
 """
 from __future__ import annotations
 

@@ -205,7 +205,8 @@ def create_worker_app(name: str, settings: Settings, prepare_codecs: PrepareCode
             versions = state["versions"] = db[READ_MODEL_VERSIONS]
             codecs = prepare_codecs()
             processor = BatchProcessor(projection, codecs, progress, DeadLetters(settings, name),
-                                       SequenceGate(settings.gap_hold_seconds, clock=health.consuming_time), health=health)
+                                       SequenceGate(settings.gap_hold_seconds, clock=health.consuming_time),
+                                       health=health)
             follower = state["follower"] = ServingFollower(projection, versions)
             state["processor"], state["closers"] = processor, closers
             guard.held_floor = lambda: processor.held_floor
