@@ -37,8 +37,9 @@ class OrderViews(Projection):
     skips_loading_new_aggregates = True  # writes never replace a stored view with an older one
 
     def __init__(self, db: AsyncDatabase, write_db: AsyncConnectionPool | None, redis=None,
-                 collections: OrderCollections = OrderCollections()) -> None:
+                 collections: OrderCollections = OrderCollections(), write_parts: int = 1) -> None:
         self.db = db
+        self.write_parts = write_parts   # concurrent bulks per write: >1 for a rebuild's bulk loads
         self.write_db = write_db
         self.redis = redis
         self.collections = collections
@@ -106,7 +107,7 @@ class OrderViews(Projection):
         ops = [(d["_id"], ReplaceOne({"_id": d["_id"]}, d, upsert=True) if is_stored(d) else InsertOne(d))
                for d in docs]
         try:
-            await bulk_write_unordered(collection, ops)
+            await bulk_write_unordered(collection, ops, self.write_parts)
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if exc.details.get("writeConcernErrors") or any(

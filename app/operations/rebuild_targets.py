@@ -35,6 +35,7 @@ from domain.read_models import (CACHE_PREFIX, CUSTOMER_HISTORY, ORDER_VIEWS, PRO
 
 REBUILDABLE = ("order-views", "product-search", "sales-stats")
 SCAN_BATCH = 1000
+BULK_LOAD_PARTS = 4   # concurrent bulks per flush of a rebuild: FerretDB runs a bulk's statements one by one
 T = TypeVar("T")
 
 
@@ -128,7 +129,7 @@ class OrderViewsTarget(PointerSwitched):
         await ensure_order_indexes(self.db, order_collections(version))
 
     def writer(self, version: int) -> Projection:
-        return OrderViews(self.db, self.write_db, None, order_collections(version))
+        return OrderViews(self.db, self.write_db, None, order_collections(version), write_parts=BULK_LOAD_PARTS)
 
     async def ready_to_serve(self, version: int) -> None:
         return None

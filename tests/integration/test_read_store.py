@@ -71,3 +71,17 @@ def test_id_lookups_are_served_by_the_id_index(stack, query):
     finally:
         coll.drop()
         client.close()
+
+
+def test_a_bulk_load_in_concurrent_parts_reports_errors_as_one_bulk_would(stack):
+    """A rebuild's flush runs as a few concurrent bulks; its errors still index into the whole list."""
+    async def body(coll):
+        await coll.insert_many([{"_id": "O10"}, {"_id": "O250"}])
+        ops = [(f"O{i}", InsertOne({"_id": f"O{i}", "n": i})) for i in range(400)]
+        with pytest.raises(BulkWriteError) as failed:
+            await bulk_write_unordered(coll, ops, parts=4)
+        return failed.value.details["writeErrors"], await coll.count_documents({})
+
+    errors, count = run_on_collection(stack, body)
+    assert [e["index"] for e in errors] == [10, 250]
+    assert count == 400
