@@ -160,15 +160,11 @@ def report_offset_lag(app: faust.App, name: str, records: list[SourceRecord], re
             reported.add(tp)
 
 
-def create_worker_app(name: str, settings: Settings, prepare_codecs: PrepareCodecs,
-                      health: StoreHealth | None = None) -> faust.App:
-    """The Faust app of one projection. `prepare_codecs` makes sure the event topics and schemas exist and
-    returns their codecs; `health` (served on the worker's /readyz) learns when the worker has restored its
-    tables and which stores it is waiting for."""
-    if name not in PROJECTIONS:
-        raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
+def faust_app(name: str, settings: Settings) -> faust.App:
+    """The projection's Faust app: its consumer group, in-memory tables restored from changelogs, no
+    standby replicas, and session and rebalance timeouts from the settings."""
     Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    return faust.App(
         consumer_group(name, settings.projection_group_suffix),
         broker=[f"kafka://{b}" for b in settings.kafka_bootstrap_servers.split(",")],
         store="memory://",
@@ -184,6 +180,27 @@ def create_worker_app(name: str, settings: Settings, prepare_codecs: PrepareCode
         broker_heartbeat_interval=max(1.0, settings.worker_session_timeout_s / 4),
         broker_rebalance_timeout=settings.worker_session_timeout_s * 2,
     )
+
+
+async def close_all(closers: list) -> None:
+    """Best effort: a closer that fails is logged at debug level and the others still run."""
+    for closer in closers:
+        try:
+            result = closer()
+            if hasattr(result, "__await__"):
+                await result
+        except Exception as exc:  # closing is best effort
+            log.debug("closing %s: %s", closer, exc)
+
+
+def create_worker_app(name: str, settings: Settings, prepare_codecs: PrepareCodecs,
+                      health: StoreHealth | None = None) -> faust.App:
+    """The Faust app of one projection. `prepare_codecs` makes sure the event topics and schemas exist and
+    returns their codecs; `health` (served on the worker's /readyz) learns when the worker has restored its
+    tables and which stores it is waiting for."""
+    if name not in PROJECTIONS:
+        raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
+    app = faust_app(name, settings)
     progress = TableProgress(app, name, settings.topic_partitions)
     sources = source_topics(name, settings.topic_prefix)
     topic = app.topic(*sources, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -239,7 +256,6 @@ def create_worker_app(name: str, settings: Settings, prepare_codecs: PrepareCode
                 await guard.watch()
             except Exception as exc:  # e.g. the broker briefly unreachable; checked again next tick
                 log.warning("%s liveness check failed: %s", name, exc)
-        if processor is not None:
             try:
                 await state["follower"].follow()
                 await processor.projection.tick()
@@ -248,12 +264,6 @@ def create_worker_app(name: str, settings: Settings, prepare_codecs: PrepareCode
 
     @app.on_before_shutdown.connect
     async def close(app_, **kwargs) -> None:  # noqa: ARG001 - signal signature
-        for closer in state.get("closers", []):
-            try:
-                result = closer()
-                if hasattr(result, "__await__"):
-                    await result
-            except Exception as exc:  # closing is best effort
-                log.debug("closing %s: %s", closer, exc)
+        await close_all(state.get("closers", []))
 
     return app

@@ -31,6 +31,7 @@ from typing import Any
 
 from agents.dead_letters import DeadLetters, SourceRecord
 from agents.engine import BatchProcessor, MemoryProgress
+from agents.worker import close_all
 from agents.gate import SequenceGate
 from agents.replay_buffer import ReplayBuffer
 from agents.projections import consumer_group, source_topics
@@ -276,10 +277,7 @@ async def rebuild(projection: str, settings: Settings, options: RebuildOptions, 
     finally:
         if replay is not None:
             replay.close()
-        for closer in closers:
-            result = closer()
-            if hasattr(result, "__await__"):
-                await result
+        await close_all(closers)
         lock.release()
 
 
