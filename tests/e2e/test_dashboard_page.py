@@ -366,6 +366,9 @@ def test_unreachable_kafka_answers_503_and_the_page_shows_a_banner(isolated: dic
 
 
 def test_dead_letters_are_tallied_incrementally_and_bounded_per_call(isolated: dict):
+    """Each refresh reads at most `max_records` new letters and goes on where the last one stopped. A
+    refresh Kafka does not answer in time raises (the page shows it as Kafka slow) and reads nothing, so
+    the test asks again; how many letters one refresh reads on a busy machine is bounded, not fixed."""
     settings: Settings = isolated["settings"]
     topic = f"{isolated['name']}-dead-letters"
     kafka.ensure_topics(settings, [kafka.TopicSpec(topic, 2)])
@@ -377,14 +380,33 @@ def test_dead_letters_are_tallied_incrementally_and_bounded_per_call(isolated: d
             producer.produce(topic, key=f"k{i}".encode(), value=b"v", headers=headers)
         assert producer.flush(10) == 0
 
+    def refresh():
+        for attempt in range(5):
+            try:
+                return tally.refresh()
+            except (TimeoutError, KafkaException):
+                if attempt == 4:
+                    raise
+
+    def drained(seen: int):
+        """Refreshes until nothing is pending; each one reads at most 2 letters."""
+        for _ in range(10):
+            counts = refresh()
+            read = sum(counts.by_projection.values()) - seen
+            assert read <= 2, counts
+            seen += read
+            if counts.pending == 0:
+                return counts
+        raise AssertionError(f"letters still pending after 10 refreshes: {counts}")
+
     tally = DeadLetterTally(settings, topic=topic, max_records=2)
     letters("order-views", "order-views", "sales-stats")
-    first = tally.refresh()
-    assert (first.total, first.pending, sum(first.by_projection.values())) == (3, 1, 2), first
-    second = tally.refresh()
-    assert second.pending == 0
+    first = refresh()
+    assert first.total == 3 and sum(first.by_projection.values()) <= 2
+    assert first.pending == 3 - sum(first.by_projection.values()), first
+    second = drained(sum(first.by_projection.values()))
     assert second.by_projection == {"order-views": 2, "product-search": 0, "sales-stats": 1}
     letters("product-search", None)
-    third = tally.refresh()
-    assert (third.total, third.pending) == (5, 0)
+    third = drained(3)
+    assert third.total == 5
     assert third.by_projection == {"order-views": 2, "product-search": 1, "sales-stats": 1, "?": 1}
