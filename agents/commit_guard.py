@@ -26,6 +26,8 @@ from agents.metrics import EVENTS, REREADS
 from agents.engine import RetryPolicy
 from agents.offsets import SourceOffsets, TopicPartitionKey
 from agents.outages import StoreHealth
+from agents import transport
+from agents.transport import GuardedConsumer
 from connectors import kafka
 
 log = logging.getLogger("cqrs.worker")
@@ -57,21 +59,23 @@ class CommitGuard:
         self._stalled_since: float | None = None
         self.held_floor: Callable[[], dict[TopicPartitionKey, int]] = dict
 
-    def install(self) -> None:
-        """Make Faust's commits use the guard's offsets for the source topics (its other topics keep Faust's)."""
+    def attach(self) -> None:
+        """Make the app's consumer commit the source topics at the guard's offsets (its other topics,
+        such as changelogs, keep Faust's)."""
         consumer = self.app.consumer
-        faust_new_offset: Callable[[TP], int | None] = consumer._new_offset
+        if not isinstance(consumer, GuardedConsumer):
+            raise RuntimeError(f"{self.projection}: the worker's broker URLs must use the "
+                               f"{transport.SCHEME}:// transport, not {type(consumer).__module__}")
+        consumer.offset_source = self
 
-        def new_offset(tp: TP) -> int | None:
-            if tp.topic not in self.source_topics:
-                return faust_new_offset(tp)
-            faust_new_offset(tp)  # lets Faust trim its acknowledgement list
-            key = (tp.topic, tp.partition)
-            offset = self.offsets.committable(key)
-            held = self.held_floor().get(key)
-            return offset if offset is None or held is None else min(offset, held)
+    def governs(self, tp: TP) -> bool:
+        return tp.topic in self.source_topics
 
-        consumer._new_offset = new_offset  # type: ignore[method-assign]
+    def committable(self, tp: TP) -> int | None:
+        key = (tp.topic, tp.partition)
+        offset = self.offsets.committable(key)
+        held = self.held_floor().get(key)
+        return offset if offset is None or held is None else min(offset, held)
 
     async def admit(self, records: Sequence[SourceRecord]) -> list[SourceRecord]:
         """The records of the batch to process now, in order; redeliveries are dropped and skipped
@@ -196,8 +200,8 @@ def exit_stalled(projection: str, behind: dict[TopicPartitionKey, int], waited: 
 
 def exit_unprocessed(name: str, exc: BaseException) -> NoReturn:
     """Crash-only recovery: a worker that cannot make progress (a failure that is not an outage, past
-    its retries; an outage past its limit; a stalled consumer) exits at once, non-zero, before anything acknowledges its current
-    batch. Its offsets were committed only up to what it processed, so the batch is read again by
+    its retries; an outage past its limit; a stalled consumer) exits at once, non-zero, before anything
+    acknowledges its current batch. Its offsets were committed only up to what it processed, so the batch is read again by
     whichever worker takes the partitions over (a restart, or another member of the group)."""
     log.critical("%s worker stopping, its current batch unprocessed: %s: %s", name, type(exc).__name__, exc,
                  exc_info=exc)

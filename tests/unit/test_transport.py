@@ -1,0 +1,89 @@
+"""The guarded transport: Faust's commit path takes a governed partition's offset from its source.
+
+These run Faust's own commit code on acknowledged messages (only the final request to Kafka is
+recorded instead of sent), so a Faust release that computes committed offsets elsewhere fails here.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import faust
+import pytest
+from faust.transport.consumer import ConsumerMessage
+from faust.types import TP
+
+from agents.transport import GuardedConsumer, Transport, broker_urls
+
+
+class FixedSource:
+    def __init__(self, offset: int | None) -> None:
+        self.offset = offset
+
+    def governs(self, tp: TP) -> bool:
+        return tp.topic == "orders"
+
+    def committable(self, tp: TP) -> int | None:
+        return self.offset
+
+
+async def commit_after_acks(offset_source: FixedSource | None, acked: range) -> dict[TP, int]:
+    """Acknowledge `acked` on both topics the way Faust's streams do, commit, and return what would
+    have been sent to Kafka."""
+    app = faust.App("transport-test", broker=broker_urls("localhost:1"), web_enabled=False)
+    sent: dict[TP, int] = {}
+
+    class RecordingConsumer(type(app.consumer)):  # type: ignore[misc]
+        async def _commit_offsets(self, offsets, start_new_transaction: bool = True) -> bool:
+            sent.update(offsets)
+            return True
+
+    consumer = RecordingConsumer(app.transport, callback=lambda message: None,
+                                 on_partitions_revoked=lambda revoked: None,
+                                 on_partitions_assigned=lambda assigned: None,
+                                 loop=asyncio.get_running_loop())
+    consumer.offset_source = offset_source
+    app.topics.acking_topics.update({"orders", "orders-changelog"})
+    for topic in ("orders", "orders-changelog"):
+        for offset in acked:
+            message = ConsumerMessage(topic, 0, offset, 0.0, None, None, b"key", b"value", 3, 5)
+            consumer.track_message(message)
+            assert consumer.ack(message)
+    await consumer.commit()
+    return sent
+
+
+def test_broker_urls_select_the_guarded_transport() -> None:
+    app = faust.App("transport-test", broker=broker_urls("localhost:9092, other:9093"), web_enabled=False)
+    assert isinstance(app.transport, Transport)
+    assert isinstance(app.consumer, GuardedConsumer)
+    assert [str(url) for url in app.conf.broker] == ["guarded://localhost:9092", "guarded://other:9093"]
+
+
+def test_governed_partition_commits_the_source_offset_not_faust_acknowledgements() -> None:
+    sent = asyncio.run(commit_after_acks(FixedSource(3), range(10)))
+    assert sent == {TP("orders", 0): 3, TP("orders-changelog", 0): 10}
+
+
+def test_governed_partition_with_nothing_processed_is_not_committed() -> None:
+    sent = asyncio.run(commit_after_acks(FixedSource(None), range(10)))
+    assert sent == {TP("orders-changelog", 0): 10}
+
+
+def test_without_a_source_faust_commits_what_was_acknowledged() -> None:
+    sent = asyncio.run(commit_after_acks(None, range(10)))
+    assert sent == {TP("orders", 0): 10, TP("orders-changelog", 0): 10}
+
+
+def test_commit_guard_refuses_an_app_on_another_transport() -> None:
+    from agents.commit_guard import CommitGuard
+
+    class Settings:
+        kafka_bootstrap_servers = "localhost:1"
+        connect_timeout_s = 1.0
+        projection_start = "earliest"
+        worker_stall_s = 10.0
+
+    app = faust.App("transport-test", broker="kafka://localhost:1", web_enabled=False)
+    guard = CommitGuard(app, Settings(), "order-views", ["orders"])
+    with pytest.raises(RuntimeError, match="guarded://"):
+        guard.attach()
