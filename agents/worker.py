@@ -20,7 +20,7 @@ from elasticsearch import AsyncElasticsearch
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
-from agents import commit_guard, dead_letters
+from agents import commit_guard, dead_letters, transport
 from agents.commit_guard import CommitGuard, exit_unprocessed
 from agents.dead_letters import DeadLetters, SourceRecord
 from agents.engine import BatchProcessor, Projection
@@ -166,7 +166,7 @@ def faust_app(name: str, settings: Settings) -> faust.App:
     Path(settings.worker_data_dir).mkdir(parents=True, exist_ok=True)
     return faust.App(
         consumer_group(name, settings.projection_group_suffix),
-        broker=[f"kafka://{b}" for b in settings.kafka_bootstrap_servers.split(",")],
+        broker=transport.broker_urls(settings.kafka_bootstrap_servers),
         store="memory://",
         datadir=f"{settings.worker_data_dir}/{{conf.id}}",
         web_enabled=False,
@@ -193,6 +193,75 @@ async def close_all(closers: list) -> None:
             log.debug("closing %s: %s", closer, exc)
 
 
+class ProjectionRun:
+    """What one worker process runs for its projection: the agent's batch loop, readiness, the periodic
+    upkeep and liveness checks, and closing the clients on shutdown."""
+
+    def __init__(self, app: faust.App, name: str, settings: Settings, prepare_codecs: PrepareCodecs,
+                 health: StoreHealth, sources: list[str]) -> None:
+        self.app, self.name, self.settings = app, name, settings
+        self.prepare_codecs, self.health = prepare_codecs, health
+        self.progress = TableProgress(app, name, settings.topic_partitions)
+        self.guard = CommitGuard(app, settings, name, sources, health)
+        self.restore = RestoreWatch(lambda: app.tables.recovery, self.guard.kafka_answers,
+                                    lambda why: exit_unprocessed(name, RuntimeError(why)),
+                                    settings.worker_restore_stall_s)
+        self.processor: BatchProcessor | None = None
+        self.follower: ServingFollower | None = None
+        self.closers: list = []
+        self.lag_reported: set[TP] = set()
+
+    async def start(self) -> None:
+        projection, self.closers, db = await build_projection(self.name, self.settings)
+        self.processor = BatchProcessor(projection, self.prepare_codecs(), self.progress,
+                                        DeadLetters(self.settings, self.name),
+                                        SequenceGate(self.settings.gap_hold_seconds,
+                                                     clock=self.health.consuming_time),
+                                        health=self.health)
+        self.follower = ServingFollower(projection, db[READ_MODEL_VERSIONS])
+        processor = self.processor
+        self.guard.held_floor = lambda: processor.held_floor
+        self.guard.attach()
+
+    async def project(self, stream) -> None:
+        """The agent: admit each batch through the guard, follow the serving version, process, and only
+        then let the guard commit it. Any failure ends the process with the batch unprocessed."""
+        try:
+            await self.start()
+            assert self.processor is not None and self.follower is not None
+            async for events in stream.take_events(self.settings.projection_batch_size,
+                                                   within=self.settings.projection_batch_wait_s):
+                records = await self.guard.admit([source_record(e) for e in events])
+                if records:
+                    await self.processor.retry.run(f"{self.name}: serving version", self.follower.follow,
+                                                   health=self.health)
+                    await self.processor.process(records)
+                    self.guard.done(records)
+                    report_offset_lag(self.app, self.name, records, self.lag_reported)
+        except Exception as exc:  # noqa: BLE001 - every failure takes the same way out
+            exit_unprocessed(self.name, exc)
+
+    def ready(self) -> None:
+        READY.labels(self.name).set(1)
+        self.health.started = True
+
+    async def tick(self) -> None:
+        """Periodic upkeep of a projection (e.g. re-copying figures a sink did not take yet) and the
+        consumer's liveness checks."""
+        await self.restore.check()
+        if self.processor is None or self.follower is None:
+            return
+        try:
+            await self.guard.watch()
+        except Exception as exc:  # e.g. the broker briefly unreachable; checked again next tick
+            log.warning("%s liveness check failed: %s", self.name, exc)
+        try:
+            await self.follower.follow()
+            await self.processor.projection.tick()
+        except Exception as exc:  # upkeep retries on the next tick
+            (log.info if outage_store(exc) else log.warning)("%s upkeep failed: %s", self.name, exc)
+
+
 def create_worker_app(name: str, settings: Settings, prepare_codecs: PrepareCodecs,
                       health: StoreHealth | None = None) -> faust.App:
     """The Faust app of one projection. `prepare_codecs` makes sure the event topics and schemas exist and
@@ -201,69 +270,29 @@ def create_worker_app(name: str, settings: Settings, prepare_codecs: PrepareCode
     if name not in PROJECTIONS:
         raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
     app = faust_app(name, settings)
-    progress = TableProgress(app, name, settings.topic_partitions)
     sources = source_topics(name, settings.topic_prefix)
     topic = app.topic(*sources, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-    state: dict = {}
     # While the worker waits for a store its agent takes nothing from the stream, so Faust's flow control
     # stops fetching each source partition once its buffer (stream_buffer_maxsize) is full, and resumes as
     # it drains. Faust's pause_partitions is not used: faust-streaming drops records already fetched for a
     # paused partition (the fault suite saw the worker re-reading them in a loop after the pause).
-    health = health or StoreHealth(name)
-    guard = CommitGuard(app, settings, name, sources, health)
-    restore = RestoreWatch(lambda: app.tables.recovery, guard.kafka_answers,
-                           lambda why: exit_unprocessed(name, RuntimeError(why)), settings.worker_restore_stall_s)
-    lag_reported: set[TP] = set()
+    run = ProjectionRun(app, name, settings, prepare_codecs, health or StoreHealth(name), sources)
 
     @app.agent(topic, name=name, concurrency=1)
     async def project(stream):
-        try:
-            projection, closers, db = await build_projection(name, settings)
-            versions = state["versions"] = db[READ_MODEL_VERSIONS]
-            codecs = prepare_codecs()
-            processor = BatchProcessor(projection, codecs, progress, DeadLetters(settings, name),
-                                       SequenceGate(settings.gap_hold_seconds, clock=health.consuming_time),
-                                       health=health)
-            follower = state["follower"] = ServingFollower(projection, versions)
-            state["processor"], state["closers"] = processor, closers
-            guard.held_floor = lambda: processor.held_floor
-            guard.install()
-            async for events in stream.take_events(settings.projection_batch_size,
-                                                   within=settings.projection_batch_wait_s):
-                records = await guard.admit([source_record(e) for e in events])
-                if records:
-                    await processor.retry.run(f"{name}: serving version", follower.follow, health=health)
-                    await processor.process(records)
-                    guard.done(records)
-                    report_offset_lag(app, name, records, lag_reported)
-        except Exception as exc:  # noqa: BLE001 - every failure takes the same way out
-            exit_unprocessed(name, exc)
+        await run.project(stream)
 
     @app.task
     async def ready() -> None:
         """Faust runs app tasks once its tables are restored from their changelogs."""
-        READY.labels(name).set(1)
-        health.started = True
+        run.ready()
 
     @app.timer(interval=settings.projection_tick_s)
     async def tick() -> None:
-        """Periodic upkeep of a projection (e.g. re-copying figures a sink did not take yet) and the
-        consumer's liveness checks."""
-        await restore.check()
-        processor = state.get("processor")
-        if processor is not None:
-            try:
-                await guard.watch()
-            except Exception as exc:  # e.g. the broker briefly unreachable; checked again next tick
-                log.warning("%s liveness check failed: %s", name, exc)
-            try:
-                await state["follower"].follow()
-                await processor.projection.tick()
-            except Exception as exc:  # upkeep retries on the next tick
-                (log.info if outage_store(exc) else log.warning)("%s upkeep failed: %s", name, exc)
+        await run.tick()
 
     @app.on_before_shutdown.connect
     async def close(app_, **kwargs) -> None:  # noqa: ARG001 - signal signature
-        await close_all(state.get("closers", []))
+        await close_all(run.closers)
 
     return app
