@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +25,15 @@ from app.operations import processes
 from benchmarks.baselines import Baselines
 from benchmarks.measures import BusyMeter, cpu_by_role, cpu_seconds, fmt, process_cpu, rate
 from benchmarks.projection_checks import Checks
+from benchmarks.projection_cleanup import Cleanup
 from benchmarks.projection_report import Report
-from benchmarks.projection_run import ROOT, BenchError, Isolation, Loaded, ProjectionRun, Results
+from benchmarks.projection_run import BenchError, Isolation, Loaded, ProjectionRun, Results
 from benchmarks.sink_ceilings import SinkCeilings
 
 PROGRESS_EVERY_S = 10.0
 
 
-class Bench(Baselines, SinkCeilings, Checks, Report):
+class Bench(Baselines, SinkCeilings, Checks, Report, Cleanup):
     """One run: preload, the pipeline (a), the baselines and ceilings (b-d), the checks and the report."""
 
     def __init__(self, args: argparse.Namespace) -> None:
@@ -294,94 +294,10 @@ class Bench(Baselines, SinkCeilings, Checks, Report):
 
     # -- (b) naive baseline -----------------------------------------------------------------------
 
-    # -- teardown ---------------------------------------------------------------------------------
-
-    def stop_children(self) -> None:
-        for child in self.children:
-            try:
-                child.stop(timeout=20) if hasattr(child, "stop") else processes.stop_process(child, 20.0)
-            except Exception as exc:  # already gone, or would not die: nothing more to do
-                print(f"stopping a child process: {exc}", file=sys.stderr)
-
-    def cleanup(self) -> list[str]:
-        """Delete everything the run created; returns one line per thing that could not be deleted."""
-        from connectors import elasticsearch, kafka, mongo, redis, registry
-        from schemas import TOPICS, subject_for
-
-        problems: list[str] = []
-
-        def attempt(what: str, fn: Callable[[], Any]) -> None:
-            try:
-                fn()
-            except Exception as exc:
-                problems.append(f"{what}: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
-
-        admin = kafka.admin_client(self.settings)
-
-        def topics() -> None:
-            names = [t for t in admin.list_topics(timeout=10).topics if self.iso.marker in t]
-            kafka.delete_topics(self.settings, names)
-
-        def groups() -> None:
-            listed = admin.list_consumer_groups(request_timeout=10).result(15)
-            names = [g.group_id for g in listed.valid if self.iso.marker in g.group_id]
-            for fut in (admin.delete_consumer_groups(names, request_timeout=10).values() if names else []):
-                try:
-                    fut.result(15)
-                except Exception as exc:   # a group that never committed has nothing to delete
-                    if "GROUP_ID_NOT_FOUND" not in str(exc):
-                        raise
-
-        def subjects() -> None:
-            client = registry.registry_client(self.settings)
-            for topic in TOPICS:
-                subject = subject_for(self.iso.prefix + topic)
-                try:
-                    client.delete_subject(subject)
-                    client.delete_subject(subject, permanent=True)
-                except Exception as exc:
-                    if "40401" not in str(exc) and "not found" not in str(exc).lower():
-                        raise
-
-        def indices() -> None:
-            es = elasticsearch.es_client(self.settings)
-            try:
-                found = es.options(ignore_status=404).indices.get(index=f"{self.settings.es_products_alias}*")
-                for name in (found.body if hasattr(found, "body") else found):
-                    if name.startswith(self.settings.es_products_alias):
-                        es.indices.delete(index=name)
-            finally:
-                es.close()
-
-        def databases() -> None:
-            client = mongo.mongo_client(self.settings)
-            try:
-                for name in (self.settings.mongo_database, f"{self.settings.mongo_database}_naive"):
-                    client.drop_database(name)
-            finally:
-                client.close()
-
-        def redis_db() -> None:
-            client = redis.redis_client(self.settings)
-            try:
-                client.flushdb()
-            finally:
-                client.close()
-
-        def data_dirs() -> None:
-            for app_id in self.app_ids:
-                shutil.rmtree(ROOT / f"{app_id}-data", ignore_errors=True)
-
-        for what, fn in (("topics", topics), ("consumer groups", groups), ("schema subjects", subjects),
-                         ("search indices", indices), ("MongoDB databases", databases), ("Redis db 1", redis_db),
-                         ("Faust data directories", data_dirs)):
-            attempt(what, fn)
-        return problems
-
     # -- report -----------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000, help="events to preload (all topics)")
     parser.add_argument("--naive", type=int, default=5000, help="order events for the naive baseline")
@@ -398,36 +314,65 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.events < 1000:
         parser.error("--events must be at least 1000")
+    return args
 
-    bench = Bench(args)
+
+def print_run_header(bench: Bench, argv: list[str] | None) -> None:
+    """The machine, the run's isolated names and the command line, so a report can be read on its own."""
     load = os.getloadavg()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load[0]:.2f} at start; every "
           f"server of the stack on the same machine; run {bench.iso.run} (topics {bench.iso.prefix}*, MongoDB "
           f"{bench.settings.mongo_database}, Redis db 1, alias {bench.settings.es_products_alias})")
     print(f"command: python -m benchmarks.projections {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
+
+
+def run_steps(bench: Bench, loaded: Loaded) -> bool:
+    """(a)-(d) in turn, less those --skip names; a failing step is reported in one line and the next still
+    runs. False if any step failed."""
     ok = True
-    loaded = None
+    steps = (("pipeline", "pipeline", bench.run_pipeline, (loaded,)),
+             ("faust", "bare Faust agent", bench.run_faust_drain, ()),
+             ("consumer", "bare consumer", bench.run_bare_consumer, ()),
+             ("naive", "naive baseline", bench.run_naive, ()),
+             ("ceilings", "sink ceilings", bench.run_ceilings, ()))
+    skip = {s.strip() for s in bench.args.skip.split(",") if s.strip()}
+    for key, what, step, step_args in steps:
+        if key in skip:
+            continue
+        try:
+            step(*step_args)
+        except BenchError as exc:
+            ok = False
+            print(f"error in {what}: {exc}", flush=True)
+        except Exception as exc:  # a service error: report it in one line and go on with the next step
+            ok = False
+            print(f"error in {what}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}", flush=True)
+    return ok
+
+
+def tear_down(bench: Bench) -> None:
+    """Stop the children, then delete what the run created unless --keep."""
+    bench.stop_children()
+    if bench.args.keep:
+        print(f"kept: topics {bench.iso.prefix}*, database {bench.settings.mongo_database}, Redis db 1, "
+              f"indices {bench.settings.es_products_alias}*")
+    else:
+        problems = bench.cleanup()
+        print("cleanup: " + ("; ".join(problems) if problems else
+                             "bench topics, consumer groups, schema subjects, indices, databases, Redis db 1 and "
+                             "Faust data directories deleted"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bench = Bench(args)
+    print_run_header(bench, argv)
+    ok = True
     try:
         bench.check_services()
         bench.prepare()
         loaded = bench.preload()
-        steps = (("pipeline", "pipeline", bench.run_pipeline, (loaded,)),
-                 ("faust", "bare Faust agent", bench.run_faust_drain, ()),
-                 ("consumer", "bare consumer", bench.run_bare_consumer, ()),
-                 ("naive", "naive baseline", bench.run_naive, ()),
-                 ("ceilings", "sink ceilings", bench.run_ceilings, ()))
-        skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-        for key, what, step, step_args in steps:
-            if key in skip:
-                continue
-            try:
-                step(*step_args)
-            except BenchError as exc:
-                ok = False
-                print(f"error in {what}: {exc}", flush=True)
-            except Exception as exc:  # a service error: report it in one line and go on with the next step
-                ok = False
-                print(f"error in {what}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}", flush=True)
+        ok = run_steps(bench, loaded)
         ok &= bench.report(loaded)
     except BenchError as exc:
         print(f"bench-projections: {exc}", file=sys.stderr)
@@ -436,15 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; cleaning up", file=sys.stderr)
         ok = False
     finally:
-        bench.stop_children()
-        if args.keep:
-            print(f"kept: topics {bench.iso.prefix}*, database {bench.settings.mongo_database}, Redis db 1, "
-                  f"indices {bench.settings.es_products_alias}*")
-        else:
-            problems = bench.cleanup()
-            print("cleanup: " + ("; ".join(problems) if problems else
-                                 "bench topics, consumer groups, schema subjects, indices, databases, Redis db 1 and "
-                                 "Faust data directories deleted"))
+        tear_down(bench)
     return 0 if ok else 1
 
 

@@ -9,6 +9,15 @@ from typing import Any
 
 from benchmarks.projection_run import BenchError
 
+BATCH = 1000   # documents (or orders) per bulk call
+
+
+def numbered_copy(items: list, i: int, k: int, salt: str) -> dict:
+    """Document k of batch i: the samples repeat, each copy under an _id of its own."""
+    doc = dict(items[(i * BATCH + k) % len(items)])
+    doc["_id"] = f"{salt}-{i * BATCH + k}"
+    return doc
+
 
 class SinkCeilings:
     def sample_documents(self) -> tuple[list[dict], list[dict], list[tuple[dict, str]]]:
@@ -45,23 +54,20 @@ class SinkCeilings:
         return range(count)
 
     def run_ceilings(self) -> None:
-        from elasticsearch.helpers import bulk as es_bulk
+        """(c): one sink at a time, so no sink's figure includes another's load."""
+        views, products, orders = self.sample_documents()
+        batches = range(0, max(1, self.args.ceiling_docs // BATCH))
+        self.mongo_ceilings(views, batches)
+        self.elasticsearch_ceilings(products, batches)
+        self.redis_ceilings(orders, batches)
+
+    def mongo_ceilings(self, views: list[dict], batches: range) -> None:
+        """Order views upserted under new _ids and then over them, customer history entries, and
+        insert_many for reference; the scratch collections are dropped after."""
         from pymongo import ReplaceOne
 
-        from agents.sales_stats import APPLY_CONTRIBUTIONS, DAY_TTL_S, LEDGER_TTL_S
-        from agents.search_bulk import bulk_failures
-        from domain.read_models import PRODUCTS_MAPPING
-        from connectors import elasticsearch, mongo, redis
-        from domain.views import order_summary, sales_contributions
-
-        views, products, orders = self.sample_documents()
-        size, total = 1000, self.args.ceiling_docs
-        batches = range(0, max(1, total // size))
-
-        def nth(items: list, i: int, k: int, salt: str) -> dict:
-            doc = dict(items[(i * size + k) % len(items)])
-            doc["_id"] = f"{salt}-{i * size + k}"
-            return doc
+        from connectors import mongo
+        from domain.views import order_summary
 
         client = mongo.mongo_client(self.settings)
         try:
@@ -69,7 +75,7 @@ class SinkCeilings:
 
             def mongo_write(status: str) -> Callable[[int], int]:
                 def write(i: int) -> int:
-                    docs = [{**nth(views, i, k, "order"), "status": status} for k in range(size)]
+                    docs = [{**numbered_copy(views, i, k, "order"), "status": status} for k in range(BATCH)]
                     coll.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False)
                     return len(docs)
                 return write
@@ -80,7 +86,7 @@ class SinkCeilings:
             history = client[self.settings.mongo_database]["ceiling_customer_history"]
 
             def history_write(i: int) -> int:
-                docs = [nth(views, i, k, "order") for k in range(size)]
+                docs = [numbered_copy(views, i, k, "order") for k in range(BATCH)]
                 history.bulk_write([ReplaceOne({"_id": f"{d['customer_id']}:{d['_id']}"}, {
                     "customer_id": d["customer_id"], **order_summary(d)}, upsert=True) for d in docs], ordered=False)
                 return len(docs)
@@ -88,14 +94,23 @@ class SinkCeilings:
             self.timed_batches("MongoDB ReplaceOne upserts (customer history entries)", "docs", batches, history_write)
 
             def insert_write(i: int) -> int:
-                coll.insert_many([nth(views, i, k, "inserted") for k in range(size)], ordered=False)
-                return size
+                coll.insert_many([numbered_copy(views, i, k, "inserted") for k in range(BATCH)], ordered=False)
+                return BATCH
 
             self.timed_batches("MongoDB insert_many, new _ids (for reference)", "docs", batches, insert_write)
             coll.drop()
             history.drop()
         finally:
             client.close()
+
+    def elasticsearch_ceilings(self, products: list[dict], batches: range) -> None:
+        """Product documents as update+upsert actions under new ids and then over them; the scratch
+        index is deleted after."""
+        from elasticsearch.helpers import bulk as es_bulk
+
+        from agents.search_bulk import bulk_failures
+        from connectors import elasticsearch
+        from domain.read_models import PRODUCTS_MAPPING
 
         es = elasticsearch.es_client(self.settings, request_timeout=120)
         index = f"{self.settings.es_products_alias}-ceiling"
@@ -106,18 +121,18 @@ class SinkCeilings:
             def es_write(stock: int) -> Callable[[int], int]:
                 def write(i: int) -> int:
                     actions: list[dict] = []
-                    for k in range(size):
-                        doc = nth(products, i, k, "product")
+                    for k in range(BATCH):
+                        doc = numbered_copy(products, i, k, "product")
                         pid = doc.pop("_id")
                         doc.update(product_id=pid, stock=stock, in_stock=stock > 0)
                         actions.append({"_op_type": "update", "_index": index, "_id": pid, "retry_on_conflict": 3,
                                         "doc": {k2: v for k2, v in doc.items() if k2 != "purchase_count"},
                                         "upsert": doc})
-                    _, errors = es_bulk(es, actions, chunk_size=size, raise_on_error=False, refresh=False)
+                    _, errors = es_bulk(es, actions, chunk_size=BATCH, raise_on_error=False, refresh=False)
                     if errors:
                         pid, error = next(iter(bulk_failures(errors).items()))
                         raise BenchError(f"Elasticsearch _bulk rejected {len(errors)} document(s), {pid}: {error}")
-                    return size
+                    return BATCH
                 return write
 
             written = self.timed_batches("Elasticsearch _bulk update+upsert, new ids", "docs", batches,
@@ -127,6 +142,13 @@ class SinkCeilings:
             es.options(ignore_status=404).indices.delete(index=index)
             es.close()
 
+    def redis_ceilings(self, orders: list, batches: range) -> None:
+        """The sales worker's Lua script, and plain pipelined HINCRBYs to compare it with; the scratch
+        keys are removed after."""
+        from agents.sales_stats import APPLY_CONTRIBUTIONS, DAY_TTL_S, LEDGER_TTL_S
+        from connectors import redis
+        from domain.views import sales_contributions
+
         r = redis.redis_client(self.settings)
         try:
             script = r.register_script(APPLY_CONTRIBUTIONS)
@@ -134,23 +156,23 @@ class SinkCeilings:
 
             def lua_write(i: int) -> int:
                 args: list[Any] = [prefix, LEDGER_TTL_S, DAY_TTL_S]
-                for k in range(size):
-                    facts = orders[(i * size + k) % len(orders)]
+                for k in range(BATCH):
+                    facts = orders[(i * BATCH + k) % len(orders)]
                     contributions = sales_contributions(facts)
-                    args += [f"order-{i * size + k}", 0, 1, json.dumps(facts.as_ledger()), len(contributions)]
+                    args += [f"order-{i * BATCH + k}", 0, 1, json.dumps(facts.as_ledger()), len(contributions)]
                     for composite, amount in contributions.items():
                         args += [*composite.split("|", 1), amount]
                 script(args=args)
-                return size
+                return BATCH
 
             def hincrby_write(i: int) -> int:
                 pipe = r.pipeline(transaction=False)
-                for k in range(size):
-                    for composite, amount in sales_contributions(orders[(i * size + k) % len(orders)]).items():
+                for k in range(BATCH):
+                    for composite, amount in sales_contributions(orders[(i * BATCH + k) % len(orders)]).items():
                         key, fld = composite.split("|", 1)
                         pipe.hincrby(f"ceiling:hincr:{key}", fld, amount)
                 pipe.execute()
-                return size
+                return BATCH
 
             self.timed_batches("Redis sales Lua script, 1,000 orders per call", "orders", batches, lua_write)
             self.timed_batches("Redis pipelined HINCRBY, 1,000 orders per round trip", "orders", batches,

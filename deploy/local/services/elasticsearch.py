@@ -4,10 +4,10 @@ Install: a throwaway pom.xml pulls org.elasticsearch.distribution.integ-test-zip
 official server distribution Elastic publishes for integration testing: bin/, lib/, config/ and the
 transport-netty4, x-pack-core, x-pack-security and apm modules, no bundled JDK); it is unpacked
 into the cache. That archive leaves out modules/rest-root, so `GET /` (the client's info() and
-ping()) would answer 405; a small plugin compiled here against the unpacked lib/ serves the same
-document from the node's own build and cluster metadata. Other modules of the full distribution
-(analysis-common beyond the server's built-in analyzers, painless, reindex, mapper-extras,
-aggregations, ingest-*) are not published on Maven Central and are absent.
+ping()) would answer 405; a small plugin (elasticsearch_root_plugin), compiled against the unpacked
+lib/, serves the same document from the node's own build and cluster metadata. Other modules of
+the full distribution (analysis-common beyond the server's built-in analyzers, painless, reindex,
+mapper-extras, aggregations, ingest-*) are not published on Maven Central and are absent.
 
 Start: config (elasticsearch.yml, jvm options) is written into the data dir, then bin/elasticsearch
 runs in the foreground as the service user on a JDK 17+ (ES_JAVA_HOME, else the `java` on PATH).
@@ -27,8 +27,10 @@ from pathlib import Path
 
 from deploy.local.base import StackError, StackPaths, chown_tree, run, spawn, which
 from deploy.local.services import Health, Service
+from deploy.local.services.elasticsearch_root_plugin import SHIM_NAME, install_root_plugin
 
-# The GET / plugin below is written against the 8.19 plugin API (PluginServices, getRestHandlers).
+# The GET / plugin (elasticsearch_root_plugin) is written against the 8.19 plugin API (PluginServices,
+# getRestHandlers).
 ES_VERSION = os.environ.get("ELASTICSEARCH_VERSION", "8.19.21")
 DIST_GROUP = "org.elasticsearch.distribution.integ-test-zip"
 DEPENDENCY_PLUGIN_VERSION = "3.8.1"
@@ -41,8 +43,6 @@ HEAP_OPTS = ["-Xms512m", "-Xmx1g"]
 # GC logging to stderr at warning level only (the stock options keep up to 2 GB of gc.log files),
 # and no heap dumps into the logs directory.
 JVM_OPTS = ["-Xlog:disable", "-Xlog:all=warning:stderr:utctime,level,tags", "-XX:-HeapDumpOnOutOfMemoryError"]
-SHIM_NAME = "rest-root-info"
-SHIM_CLASS = "local.stack.esroot.RootInfoPlugin"
 
 _POM = """<?xml version="1.0" encoding="UTF-8"?>
 <project xmlns="http://maven.apache.org/POM/4.0.0"
@@ -74,127 +74,6 @@ _POM = """<?xml version="1.0" encoding="UTF-8"?>
   </build>
 </project>
 """
-
-# GET / and HEAD /: the document modules/rest-root serves, built from Build.current() and the
-# local cluster state, answered on the HTTP thread without a transport action.
-_SHIM_JAVA = """package local.stack.esroot;
-
-import org.apache.lucene.util.SetOnce;
-import org.elasticsearch.Build;
-import org.elasticsearch.client.internal.node.NodeClient;
-import org.elasticsearch.cluster.metadata.IndexNameExpressionResolver;
-import org.elasticsearch.cluster.node.DiscoveryNodes;
-import org.elasticsearch.cluster.service.ClusterService;
-import org.elasticsearch.common.io.stream.NamedWriteableRegistry;
-import org.elasticsearch.common.settings.ClusterSettings;
-import org.elasticsearch.common.settings.IndexScopedSettings;
-import org.elasticsearch.common.settings.Settings;
-import org.elasticsearch.common.settings.SettingsFilter;
-import org.elasticsearch.features.NodeFeature;
-import org.elasticsearch.plugins.ActionPlugin;
-import org.elasticsearch.plugins.Plugin;
-import org.elasticsearch.rest.BaseRestHandler;
-import org.elasticsearch.rest.RestController;
-import org.elasticsearch.rest.RestHandler;
-import org.elasticsearch.rest.RestRequest;
-import org.elasticsearch.rest.RestResponse;
-import org.elasticsearch.rest.RestStatus;
-import org.elasticsearch.xcontent.XContentBuilder;
-
-import java.util.Collection;
-import java.util.List;
-import java.util.function.Predicate;
-import java.util.function.Supplier;
-
-public final class RootInfoPlugin extends Plugin implements ActionPlugin {
-
-    private final SetOnce<ClusterService> clusterService = new SetOnce<>();
-
-    @Override
-    public Collection<?> createComponents(PluginServices services) {
-        clusterService.set(services.clusterService());
-        return List.of();
-    }
-
-    @Override
-    public Collection<RestHandler> getRestHandlers(
-        Settings settings,
-        NamedWriteableRegistry namedWriteableRegistry,
-        RestController restController,
-        ClusterSettings clusterSettings,
-        IndexScopedSettings indexScopedSettings,
-        SettingsFilter settingsFilter,
-        IndexNameExpressionResolver indexNameExpressionResolver,
-        Supplier<DiscoveryNodes> nodesInCluster,
-        Predicate<NodeFeature> clusterSupportsFeature
-    ) {
-        return List.of(new RootInfoHandler(clusterService::get));
-    }
-
-    static final class RootInfoHandler extends BaseRestHandler {
-        private final Supplier<ClusterService> clusterService;
-
-        RootInfoHandler(Supplier<ClusterService> clusterService) {
-            this.clusterService = clusterService;
-        }
-
-        @Override
-        public String getName() {
-            return "root_info_action";
-        }
-
-        @Override
-        public List<Route> routes() {
-            return List.of(new Route(RestRequest.Method.GET, "/"), new Route(RestRequest.Method.HEAD, "/"));
-        }
-
-        @Override
-        public boolean canTripCircuitBreaker() {
-            return false;
-        }
-
-        @Override
-        protected RestChannelConsumer prepareRequest(RestRequest request, NodeClient client) {
-            final boolean pretty = request.hasParam("pretty") == false;
-            return channel -> {
-                ClusterService cs = clusterService.get();
-                Build build = Build.current();
-                XContentBuilder builder = channel.newBuilder();
-                if (pretty) {
-                    builder.prettyPrint().lfAtEnd();
-                }
-                builder.startObject();
-                builder.field("name", cs.localNode().getName());
-                builder.field("cluster_name", cs.getClusterName().value());
-                builder.field("cluster_uuid", cs.state().metadata().clusterUUID());
-                builder.startObject("version")
-                    .field("number", build.qualifiedVersion())
-                    .field("build_flavor", build.flavor())
-                    .field("build_type", build.type().displayName())
-                    .field("build_hash", build.hash())
-                    .field("build_date", build.date())
-                    .field("build_snapshot", build.isSnapshot())
-                    .field("lucene_version", org.apache.lucene.util.Version.LATEST.toString())
-                    .field("minimum_wire_compatibility_version", build.minWireCompatVersion())
-                    .field("minimum_index_compatibility_version", build.minIndexCompatVersion())
-                    .endObject();
-                builder.field("tagline", "You Know, for Search");
-                builder.endObject();
-                channel.sendResponse(new RestResponse(RestStatus.OK, builder));
-            };
-        }
-    }
-}
-"""
-
-_SHIM_DESCRIPTOR = """description=GET / and HEAD / (cluster and version info) where rest-root is absent
-version={version}
-name={name}
-classname={classname}
-java.version=17
-elasticsearch.version={version}
-"""
-
 
 class Elasticsearch(Service):
     name = "elasticsearch"
@@ -272,7 +151,7 @@ class Elasticsearch(Service):
         shutil.rmtree(download, ignore_errors=True)
         if not (home / "bin" / "elasticsearch").is_file():
             raise StackError(f"install elasticsearch: {home}/bin/elasticsearch missing after unpacking {archive.name}")
-        self._build_shim(paths, home, javac, log)
+        install_root_plugin(paths, home, javac, log, ES_VERSION)
         for dirpath, dirnames, filenames in os.walk(root):
             os.chmod(dirpath, os.stat(dirpath).st_mode | 0o755)
             for fname in filenames:
@@ -280,28 +159,6 @@ class Elasticsearch(Service):
                 if not os.path.islink(fpath):
                     os.chmod(fpath, os.stat(fpath).st_mode | 0o444)
         (root / STAMP).write_text(ES_VERSION + "\n")
-
-    @staticmethod
-    def _build_shim(paths: StackPaths, home: Path, javac: Path, log: Path) -> None:
-        build = paths.install_dir("elasticsearch") / "shim-build"
-        shutil.rmtree(build, ignore_errors=True)
-        src = build / "src" / "local" / "stack" / "esroot" / "RootInfoPlugin.java"
-        src.parent.mkdir(parents=True)
-        src.write_text(_SHIM_JAVA)
-        classes = build / "classes"
-        classes.mkdir()
-        run([str(javac), "--release", "17", "-nowarn", "-proc:none", "-cp", f"{home}/lib/*",
-             "-d", str(classes), str(src)],
-            what="install elasticsearch: compile the GET / plugin (javac)", timeout=300, log=log)
-        plugin_dir = home / "plugins" / SHIM_NAME
-        plugin_dir.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(plugin_dir / f"{SHIM_NAME}.jar", "w", zipfile.ZIP_DEFLATED) as jar:
-            jar.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\r\n\r\n")
-            for path in sorted(classes.rglob("*.class")):
-                jar.write(path, path.relative_to(classes).as_posix())
-        (plugin_dir / "plugin-descriptor.properties").write_text(
-            _SHIM_DESCRIPTOR.format(version=ES_VERSION, name=SHIM_NAME, classname=SHIM_CLASS))
-        shutil.rmtree(build, ignore_errors=True)
 
     # ---- start --------------------------------------------------------------------------------
     def _settings(self, paths: StackPaths) -> dict[str, object]:
