@@ -8,6 +8,8 @@ Guarantees:
   through an idempotent producer keyed by aggregate id; only one relay is active at a time, elected
   with a PostgreSQL advisory lock, so several gateway processes never publish concurrently.
 - Wakes on LISTEN/NOTIFY at commit; a short bounded poll covers missed notifications.
+- The statement that marks rows published also raises each partition's published head
+  (`stream_heads`), which the query API follows to say whether a view is current.
 """
 from __future__ import annotations
 
@@ -35,6 +37,28 @@ BACKLOG = Gauge("outbox_backlog", "Committed events not yet acknowledged by the 
 LEADER = Gauge("outbox_relay_leader", "1 while this process holds the relay lock")
 
 
+PRUNE_EVERY_S = 60.0
+PRUNE_BATCH = 5_000
+PRUNE_MAX_BATCHES = 20  # per round: at most 100,000 rows, so pruning never holds publishing back for long
+PRUNE = """
+delete from outbox where id in (
+    select id from outbox where published_at < now() - make_interval(secs => %s) order by published_at limit %s)
+"""
+PRUNED = Counter("outbox_rows_pruned_total", "Published outbox rows deleted after OUTBOX_KEEP_HOURS")
+
+# One statement, so a partition's published head is raised with the rows it covers: never behind them.
+MARK_PUBLISHED = """
+with heads as (
+    insert into stream_heads (topic, partition, next_offset)
+    select * from unnest(%s::text[], %s::int[], %s::bigint[])
+    on conflict (topic, partition) do update
+        set next_offset = greatest(stream_heads.next_offset, excluded.next_offset), updated_at = clock_timestamp()
+    returning 1)
+update outbox o set published_at = v.acked_at
+from (select unnest(%s::bigint[]) as id, unnest(%s::timestamptz[]) as acked_at) v where o.id = v.id
+"""
+
+
 @dataclass
 class _Row:
     id: int
@@ -45,6 +69,17 @@ class _Row:
     created_at: datetime
     acked_at: datetime | None = None
     error: KafkaError | None = None
+    partition: int = -1
+    offset: int = -1
+
+
+def published_heads(rows: list[_Row]) -> dict[tuple[str, int], int]:
+    """Per (topic, partition), the offset after the last of `rows` the broker acknowledged there."""
+    heads: dict[tuple[str, int], int] = {}
+    for r in rows:
+        key = (r.topic, r.partition)
+        heads[key] = max(heads.get(key, 0), r.offset + 1)
+    return heads
 
 
 def producer_config(settings: Settings) -> dict:
@@ -107,7 +142,7 @@ class OutboxRelay:
             LEADER.set(1)
             await conn.execute("listen outbox")
             notifies = conn.notifies(timeout=self.settings.outbox_poll_interval_s)
-            last_backlog = 0.0
+            last_backlog = last_prune = 0.0
             while not self._stopping.is_set():
                 while await self.publish_batch(conn) == self.batch_size:
                     pass
@@ -115,9 +150,26 @@ class OutboxRelay:
                     BACKLOG.set((await (await conn.execute(
                         "select count(*) from outbox where published_at is null")).fetchone())[0])
                     last_backlog = time.monotonic()
+                if time.monotonic() - last_prune > PRUNE_EVERY_S:
+                    await self.prune(conn)
+                    last_prune = time.monotonic()
                 async for _ in notifies:
                     break
                 notifies = conn.notifies(timeout=self.settings.outbox_poll_interval_s)
+
+    async def prune(self, conn: psycopg.AsyncConnection) -> int:
+        """Delete published rows older than OUTBOX_KEEP_HOURS, in bounded batches; returns how many. Kafka's
+        event topics keep every event, so the outbox only has to outlive publishing (plus a window in which
+        recent events can still be found, and republished, from the write model)."""
+        keep_s = self.settings.outbox_keep_hours * 3600
+        pruned = 0
+        for _ in range(PRUNE_MAX_BATCHES):
+            deleted = (await conn.execute(PRUNE, (keep_s, PRUNE_BATCH))).rowcount
+            pruned += deleted
+            if deleted < PRUNE_BATCH or self._stopping.is_set():
+                break
+        PRUNED.inc(pruned)
+        return pruned
 
     async def publish_batch(self, conn: psycopg.AsyncConnection) -> int:
         """Publish up to batch_size unpublished rows in id order; returns how many were read."""
@@ -132,10 +184,9 @@ class OutboxRelay:
         remaining = await asyncio.to_thread(self.producer.flush, 30)
         acked = self._acked_in_order(rows)
         if acked:
-            await conn.execute(
-                "update outbox o set published_at = v.acked_at from (select unnest(%s::bigint[]) as id, "
-                "unnest(%s::timestamptz[]) as acked_at) v where o.id = v.id",
-                ([r.id for r in acked], [r.acked_at for r in acked]))
+            heads = published_heads(acked)
+            await conn.execute(MARK_PUBLISHED, ([t for t, _ in heads], [p for _, p in heads], list(heads.values()),
+                                                [r.id for r in acked], [r.acked_at for r in acked]))
             for r in acked:
                 PUBLISH_LAG.observe(max(0.0, (r.acked_at - r.created_at).total_seconds()))
                 PUBLISHED.labels(r.topic).inc()
@@ -151,9 +202,10 @@ class OutboxRelay:
         return len(rows)
 
     def _produce(self, row: _Row) -> None:
-        def on_delivery(err: KafkaError | None, _msg: Message, row: _Row = row) -> None:
+        def on_delivery(err: KafkaError | None, msg: Message, row: _Row = row) -> None:
             if err is None:
                 row.acked_at = datetime.now(timezone.utc)
+                row.partition, row.offset = msg.partition(), msg.offset()
             else:
                 row.error = err
                 PUBLISH_ERRORS.labels(row.topic).inc()
