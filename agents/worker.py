@@ -31,6 +31,7 @@ from agents.order_views import OrderViews, ensure_order_indexes
 from agents.product_search import ProductSearch, ensure_products_index
 from agents.sales_stats import SalesStats
 from agents.projections import PROJECTIONS, consumer_group, source_topics
+from agents.progress_report import ProgressReport
 from agents.recovery_watch import RestoreWatch
 from agents.read_model_versions import ServingRecord, current, wait_unfenced
 from domain.read_models import READ_MODEL_VERSIONS
@@ -208,6 +209,7 @@ class ProjectionRun:
                                     settings.worker_restore_stall_s)
         self.processor: BatchProcessor | None = None
         self.follower: ServingFollower | None = None
+        self.report: ProgressReport | None = None
         self.closers: list = []
         self.lag_reported: set[TP] = set()
 
@@ -222,13 +224,17 @@ class ProjectionRun:
         processor = self.processor
         self.guard.held_floor = lambda: processor.held_floor
         self.guard.attach()
+        redis = redis_connector.async_redis_client(self.settings)
+        self.closers.append(redis.aclose)
+        self.report = ProgressReport(redis, self.app.conf.id, lambda tp: self.guard.committable(TP(*tp)),
+                                     lambda tp: self.app.consumer.highwater(TP(*tp)))
 
     async def project(self, stream) -> None:
         """The agent: admit each batch through the guard, follow the serving version, process, and only
         then let the guard commit it. Any failure ends the process with the batch unprocessed."""
         try:
             await self.start()
-            assert self.processor is not None and self.follower is not None
+            assert self.processor is not None and self.follower is not None and self.report is not None
             async for events in stream.take_events(self.settings.projection_batch_size,
                                                    within=self.settings.projection_batch_wait_s):
                 records = await self.guard.admit([source_record(e) for e in events])
@@ -238,6 +244,7 @@ class ProjectionRun:
                     await self.processor.process(records)
                     self.guard.done(records)
                     report_offset_lag(self.app, self.name, records, self.lag_reported)
+                    await self.report.after_batch(records)
         except Exception as exc:  # noqa: BLE001 - every failure takes the same way out
             exit_unprocessed(self.name, exc)
 
@@ -249,8 +256,12 @@ class ProjectionRun:
         """Periodic upkeep of a projection (e.g. re-copying figures a sink did not take yet) and the
         consumer's liveness checks."""
         await self.restore.check()
-        if self.processor is None or self.follower is None:
+        if self.processor is None or self.follower is None or self.report is None:
             return
+        owned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()
+                 if tp.topic in self.guard.source_topics}
+        self.report.forget(owned)
+        await self.report.publish(owned)
         try:
             await self.guard.watch()
         except Exception as exc:  # e.g. the broker briefly unreachable; checked again next tick

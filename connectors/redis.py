@@ -1,6 +1,10 @@
 """Redis (live dashboard, query cache) through redis-py."""
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import redis
@@ -20,6 +24,7 @@ class Settings(Protocol):
 
 
 SERVICE = "redis"
+log = logging.getLogger("cqrs.redis")
 # After a Redis restart every pooled connection is dead. One immediate retry on a fresh connection hides
 # that from callers (redis-py's default, a jittered back-off of up to a second per attempt, outlasted the
 # query API's cache budget, so every pooled connection failed a read once: measured 20 of 20).
@@ -51,3 +56,26 @@ def check(settings: Settings) -> ServiceInfo:
     finally:
         client.close()
     return ServiceInfo(SERVICE, settings.redis_url, version)
+
+
+class BestEffort:
+    """Writes that must never hold their caller back (progress reports, published heads): each is bounded
+    by `timeout_s`, and after a failure the next ones are skipped for `pause_s` (the next write that runs
+    replaces what was skipped)."""
+
+    def __init__(self, what: str, timeout_s: float = 0.5, pause_s: float = 5.0,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.what, self.timeout_s, self.pause_s, self.monotonic = what, timeout_s, pause_s, monotonic
+        self._paused_until = 0.0
+
+    async def run(self, write: Callable[[], Awaitable[object]]) -> bool:
+        if self.monotonic() < self._paused_until:
+            return False
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await write()
+        except Exception as exc:  # noqa: BLE001 - best effort by design
+            self._paused_until = self.monotonic() + self.pause_s
+            log.info("%s skipped for %.0fs: %s: %s", self.what, self.pause_s, type(exc).__name__, exc)
+            return False
+        return True
