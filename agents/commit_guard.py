@@ -15,7 +15,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import NoReturn, Protocol
 
 import faust
@@ -98,6 +98,16 @@ class CommitGuard:
 
     def done(self, processed: Sequence[SourceRecord]) -> None:
         self.offsets.advance(processed)
+
+    async def idle_ends(self, owned: Iterable[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """Owned partitions that have delivered nothing yet: start them where processing will begin (the
+        group's committed offset) and return where their logs end, so that one with nothing to apply can be
+        reported caught up."""
+        idle = [tp for tp in owned if not self.offsets.known(tp)]
+        if not idle:
+            return {}
+        await self._start(idle)
+        return await asyncio.to_thread(kafka.end_offsets, self.settings, idle, admin=self.admin)
 
     async def _start(self, tps: list[TopicPartitionKey]) -> None:
         committed = await asyncio.to_thread(kafka.committed_offsets, self.settings, self.group_id, tps,

@@ -36,6 +36,8 @@ class ProgressReport:
         out = {}
         for tp in partitions:
             applied, head = self.applied(tp), self.head(tp)
+            if applied is None and head == 0:
+                applied = 0  # an empty partition: nothing to apply, so caught up
             if applied is None or head is None:
                 continue  # not started on this partition yet: its previous report still stands
             out[progress_field(*tp)] = PartitionReport(applied, head, now, self.last_event_at.get(tp)).dumps()

@@ -210,6 +210,7 @@ class ProjectionRun:
         self.processor: BatchProcessor | None = None
         self.follower: ServingFollower | None = None
         self.report: ProgressReport | None = None
+        self.idle_ends: dict[tuple[str, int], int] = {}
         self.closers: list = []
         self.lag_reported: set[TP] = set()
 
@@ -226,8 +227,7 @@ class ProjectionRun:
         self.guard.attach()
         redis = redis_connector.async_redis_client(self.settings)
         self.closers.append(redis.aclose)
-        self.report = ProgressReport(redis, self.app.conf.id, lambda tp: self.guard.committable(TP(*tp)),
-                                     lambda tp: self.app.consumer.highwater(TP(*tp)))
+        self.report = ProgressReport(redis, self.app.conf.id, lambda tp: self.guard.committable(TP(*tp)), self.head)
 
     async def project(self, stream) -> None:
         """The agent: admit each batch through the guard, follow the serving version, process, and only
@@ -252,6 +252,11 @@ class ProjectionRun:
         READY.labels(self.name).set(1)
         self.health.started = True
 
+    def head(self, tp: tuple[str, int]) -> int | None:
+        """Where the partition's log ends, as the consumer last saw it (or, idle so far, as Kafka said)."""
+        highwater = self.app.consumer.highwater(TP(*tp))
+        return highwater if highwater is not None else self.idle_ends.get(tp)
+
     async def tick(self) -> None:
         """Periodic upkeep of a projection (e.g. re-copying figures a sink did not take yet) and the
         consumer's liveness checks."""
@@ -261,11 +266,12 @@ class ProjectionRun:
         owned = {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()
                  if tp.topic in self.guard.source_topics}
         self.report.forget(owned)
-        await self.report.publish(owned)
         try:
+            self.idle_ends = await self.guard.idle_ends(owned)
+            await self.report.publish(owned)
             await self.guard.watch()
         except Exception as exc:  # e.g. the broker briefly unreachable; checked again next tick
-            log.warning("%s liveness check failed: %s", self.name, exc)
+            log.warning("%s progress report or liveness check failed: %s", self.name, exc)
         try:
             await self.follower.follow()
             await self.processor.projection.tick()
