@@ -38,12 +38,17 @@ class Settings(BaseSettings):
     outbox_relay_enabled: bool = True
     outbox_linger_ms: int = Field(1, ge=0, le=1000)
     outbox_poll_interval_s: float = Field(1.0, gt=0, le=60)
+    outbox_keep_hours: float = Field(24.0, ge=0, le=24 * 365, description=(
+        "Published outbox rows older than this are pruned by the relay (the event topics keep every event)."))
     idempotency_retention_hours: int = Field(24, ge=1, le=24 * 30)
 
     es_products_alias: str = Field(PRODUCTS_ALIAS, min_length=1, max_length=255,
                                    description="The Elasticsearch alias the query API searches for products.")
     query_timeout_s: float = Field(5.0, gt=0, le=60,
                                    description="Time budget of one query API request across all its store calls.")
+    freshness_max_lag_s: float = Field(2.0, ge=0, le=3600,
+                                       description="A single order whose view may lag more than this is read from "
+                                                   "the write model.")
 
     projection_batch_size: int = Field(1000, ge=1, le=50_000, description="Events per projection batch (take n).")
     projection_batch_wait_s: float = Field(0.25, gt=0, le=30, description="Longest wait to fill a batch.")

@@ -22,6 +22,7 @@ from app.http.metrics import LATENCY_BUCKETS
 from app.http.service import service_app
 from app.settings import Settings, get_settings
 from app.operations.setup import prepare_event_codecs
+from domain import consistency
 from domain.errors import InvalidCommand
 
 COMMAND_LATENCY = Histogram("command_duration_seconds", "Command handling time by command and HTTP status",
@@ -147,7 +148,11 @@ Handlers = Annotated[CommandHandlers, Depends(handlers)]
 
 
 def respond(result: CommandResult) -> JSONResponse:
+    """The command's answer; an order's also carries the consistency token a reader can pass to the query
+    API to read its own write (domain/consistency.py)."""
     headers = {"ETag": f'"{result.body["version"]}"'} if "version" in result.body else {}
+    if "order_id" in result.body and "version" in result.body:
+        headers[consistency.HEADER] = consistency.token_for("order", result.body["order_id"], result.body["version"])
     if result.replayed:
         headers["Idempotent-Replayed"] = "true"
     return JSONResponse(result.body, status_code=result.status_code, headers=headers)
@@ -155,6 +160,9 @@ def respond(result: CommandResult) -> JSONResponse:
 
 router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
 ACCEPTED = {"model": Accepted}
+ORDER_ACCEPTED = {"model": Accepted, "headers": {consistency.HEADER: {
+    "description": "`order:<id>@<version>`: pass it back to the query API to read this write "
+                   "(read-your-writes; several joined by commas)", "schema": {"type": "string"}}}}
 
 
 @router.post("/customers", name="RegisterCustomer", status_code=201, responses={201: ACCEPTED})
@@ -183,33 +191,33 @@ async def update_product(product_id: Id, body: UpdateProduct, ctx: Ctx, h: Handl
     return respond(await h.update_product(ctx, product_id, **changes))
 
 
-@router.post("/orders", name="CreateOrder", status_code=201, responses={201: ACCEPTED})
+@router.post("/orders", name="CreateOrder", status_code=201, responses={201: ORDER_ACCEPTED})
 async def create_order(body: CreateOrder, ctx: Ctx, h: Handlers) -> JSONResponse:
     return respond(await h.create_order(ctx, body.customer_id, [(i.product_id, i.quantity) for i in body.items]))
 
 
-@router.post("/orders/{order_id}/items", name="AddItem", status_code=202, responses={202: ACCEPTED})
+@router.post("/orders/{order_id}/items", name="AddItem", status_code=202, responses={202: ORDER_ACCEPTED})
 async def add_item(order_id: Id, body: AddItem, ctx: Ctx, h: Handlers) -> JSONResponse:
     return respond(await h.add_item(ctx, order_id, body.product_id, body.quantity))
 
 
 @router.delete("/orders/{order_id}/items/{product_id}", name="RemoveItem", status_code=202,
-               responses={202: ACCEPTED})
+               responses={202: ORDER_ACCEPTED})
 async def remove_item(order_id: Id, product_id: Id, ctx: Ctx, h: Handlers) -> JSONResponse:
     return respond(await h.remove_item(ctx, order_id, product_id))
 
 
-@router.post("/orders/{order_id}/cancel", name="CancelOrder", status_code=202, responses={202: ACCEPTED})
+@router.post("/orders/{order_id}/cancel", name="CancelOrder", status_code=202, responses={202: ORDER_ACCEPTED})
 async def cancel_order(order_id: Id, ctx: Ctx, h: Handlers, body: CancelOrder | None = None) -> JSONResponse:
     return respond(await h.cancel_order(ctx, order_id, body.reason if body else None))
 
 
-@router.post("/orders/{order_id}/ship", name="ShipOrder", status_code=202, responses={202: ACCEPTED})
+@router.post("/orders/{order_id}/ship", name="ShipOrder", status_code=202, responses={202: ORDER_ACCEPTED})
 async def ship_order(order_id: Id, ctx: Ctx, h: Handlers, body: ShipOrder | None = None) -> JSONResponse:
     return respond(await h.ship_order(ctx, order_id, body.tracking_number if body else None))
 
 
-@router.post("/orders/{order_id}/deliver", name="DeliverOrder", status_code=202, responses={202: ACCEPTED})
+@router.post("/orders/{order_id}/deliver", name="DeliverOrder", status_code=202, responses={202: ORDER_ACCEPTED})
 async def deliver_order(order_id: Id, ctx: Ctx, h: Handlers) -> JSONResponse:
     return respond(await h.deliver_order(ctx, order_id))
 

@@ -23,6 +23,7 @@ from app.operations import processes
 from app.operations.lag import LagReader, totals
 from agents.projections import PROJECTIONS
 from app.settings import Settings
+from domain import consistency
 from app.operations.setup import setup_all
 
 VISIBLE_WITHIN_S = 60.0
@@ -43,16 +44,21 @@ class Story:
         self.queries = httpx.Client(base_url=query_api, timeout=15)
         self.out = out
         self.delays: list[tuple[str, float]] = []
+        self.last_token: str | None = None
 
     def call(self, client: httpx.Client, method: str, path: str, *, expect: int, show: bool = True,
              **kwargs: Any) -> dict[str, Any]:
         response = client.request(method, path, **kwargs)
+        self.last_token = response.headers.get(consistency.HEADER)
         if show:
             target = path + (f"?{httpx.QueryParams(kwargs['params'])}" if kwargs.get("params") else "")
             self.out(f"\n> {method} {target}")
+            for name, value in (kwargs.get("headers") or {}).items():
+                self.out(f"> {name}: {value}")
             if "json" in kwargs:
                 self.out(_indent(_dumps(kwargs["json"])))
-            self.out(f"< {response.status_code}")
+            self.out(f"< {response.status_code}" + (f"  {consistency.HEADER}: {self.last_token}"
+                                                     if self.last_token else ""))
             self.out(_indent(_dumps(response.json())))
         if response.status_code != expect:
             raise DemoFailed(f"{method} {path} answered {response.status_code}, expected {expect}: {response.text}")
@@ -111,13 +117,20 @@ def play(story: Story, run: str) -> dict[str, Any]:
     order = story.command("POST", "/api/orders", {"customer_id": customer, "items": [
         {"product_id": headphones, "quantity": 1}, {"product_id": cable, "quantity": 2}]})["order_id"]
     placed = time.perf_counter()
-    story.until_visible("order view", placed, f"/api/orders/{order}", lambda b: b.get("freshness") == "fresh")
+    out("\n   ... and reads their order history at once, passing the order's consistency token back: the")
+    out("   query API answers only once the history reflects the order (or from the write model), no polling")
+    history = story.call(story.queries, "GET", f"/api/customers/{customer}/orders", expect=200,
+                         headers={consistency.HEADER: story.last_token or ""})
+    if order not in {o["order_id"] for o in history["orders"]}:
+        raise DemoFailed(f"the history read with the order's token does not list {order}: {_dumps(history)}")
+    story.delays.append(("history with the order's token", time.perf_counter() - placed))
+    story.until_visible("order view", placed, f"/api/orders/{order}", lambda b: b.get("freshness") == "current")
 
     out("\n== 4. The warehouse ships it")
     story.command("POST", f"/api/orders/{order}/ship", {"tracking_number": f"TRK-{run}"}, expect=202)
     shipped = time.perf_counter()
     story.until_visible("shipment", shipped, f"/api/orders/{order}",
-                        lambda b: b.get("status") == "shipped" and b.get("freshness") == "fresh")
+                        lambda b: b.get("status") == "shipped" and b.get("freshness") == "current")
 
     out("\n== 5. Product stats follow the order (sales projection -> search index)")
     story.until_visible("purchase count", placed, "/api/products/search",

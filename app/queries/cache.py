@@ -1,7 +1,7 @@
 """The query API's Redis cache, and the one call projections make to keep it honest.
 
 Entries (key names from domain.read_models):
-- `cache:order:<order id>` — a string: the JSON body of a FRESH order view (a stale fallback read
+- `cache:order:<order id>` — a string: the JSON body of an order view (an answer read
   from the write model is never cached). Expires CACHE_TTL_S after it was stored.
 - `cache:customer-orders:<customer id>` — a hash: field `<page>:<size>` -> the JSON body of that page
   of the customer's order history. The whole hash expires CACHE_TTL_S after its first field was

@@ -10,7 +10,6 @@ from datetime import date, datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-FRESH, STALE = "fresh", "stale"
 SEARCH_FIELDS = ["name^3", "tags^2", "description"]
 MAX_RESULT_WINDOW = 10_000  # Elasticsearch's index.max_result_window: from + size may not exceed it
 SEARCH_SOURCE = ["product_id", "name", "category", "price", "price_text", "rating", "in_stock", "image_url",
@@ -64,7 +63,7 @@ def cents_to_money(cents: Any) -> str:
 
 # ---- orders ---------------------------------------------------------------------------------------
 
-def order_body(doc: Mapping[str, Any], freshness: str, last_seq: Any = None) -> dict[str, Any]:
+def order_body(doc: Mapping[str, Any], last_seq: Any = None) -> dict[str, Any]:
     """An order view (from `order_views`, or the write model's snapshot) in the API's shape."""
     return {
         "order_id": doc["order_id"],
@@ -80,13 +79,12 @@ def order_body(doc: Mapping[str, Any], freshness: str, last_seq: Any = None) -> 
         "created_at": iso_utc(doc.get("created_at")),
         "updated_at": iso_utc(doc.get("updated_at")),
         "last_seq": doc.get("last_seq", last_seq),
-        "freshness": freshness,
     }
 
 
 def snapshot_body(snapshot: Mapping[str, Any]) -> dict[str, Any]:
     """The write model's order (write_model.order_snapshot) with the view's field names; version = last sequence."""
-    return order_body(snapshot, STALE, last_seq=snapshot.get("version"))
+    return order_body(snapshot, last_seq=snapshot.get("version"))
 
 
 # ---- customer order history -----------------------------------------------------------------------

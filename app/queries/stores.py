@@ -18,18 +18,23 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn
+import logging
+from typing import Any, NoReturn, TypeVar
 
 import pymongo
 from elasticsearch import AsyncElasticsearch
 from fastapi import Request
 from psycopg_pool import AsyncConnectionPool
 from pymongo import AsyncMongoClient
+from redis.exceptions import RedisError
 
 from app.queries.cache import CacheGuard, QueryCache
 from agents.read_model_versions import ServingCache, ServingRecord
 from app.settings import Settings
 from connectors.redis import async_redis_client
+
+log = logging.getLogger("app.queries.api")
+T = TypeVar("T")
 
 # While MongoDB is away the serving pointer falls back to the last record read (ServingCache), so its
 # read may take only this share of what is left: the read it serves gets the rest (the sales
@@ -134,6 +139,20 @@ class Stores:
     def deadline(self) -> Deadline:
         """A new request's budget."""
         return Deadline(self.query_timeout_s)
+
+    async def cache_call(self, deadline: Deadline, call: Callable[[], Awaitable[T]]) -> T | None:
+        """One Redis call the answer can do without (the cache, freshness reports), within the cache's share
+        of the budget; None when the cache is bypassed or fails. A failure (an error, or no answer in time)
+        bypasses Redis for a while (CacheGuard): reads never fail for it."""
+        if not self.cache_guard.usable() or deadline.remaining() <= 0:
+            return None
+        try:
+            async with deadline.within("redis", deadline.cache_limit()):
+                return await call()
+        except (RedisError, StoreUnavailable) as exc:
+            log.warning("query cache bypassed for %gs: %s: %s", self.cache_guard.bypass_s, type(exc).__name__, exc)
+            self.cache_guard.failed()
+            return None
 
     async def serving_record(self, projection: str, deadline: Deadline) -> ServingRecord:
         """Which version of `projection` serves (cached for a second; the last one while MongoDB is away)."""

@@ -64,7 +64,7 @@ def _order_problem(client: httpx.Client, oid: str, want: dict, must_hit: bool) -
         return problem
     got = (body.get("freshness"), body.get("status"), body.get("total"), body.get("customer_id"),
            body.get("customer_name"), body.get("last_seq"))
-    expected = ("fresh", want["status"], want["total"], want["customer_id"], want["customer_name"], want["version"])
+    expected = ("current", want["status"], want["total"], want["customer_id"], want["customer_name"], want["version"])
     if got != expected:
         return f"(freshness, status, total, customer, name, last_seq) {got} != {expected}"
     items = sorted((i["product_id"], i["quantity"], i["unit_price"]) for i in body.get("items") or [])

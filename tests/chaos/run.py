@@ -99,7 +99,8 @@ def run_chaos(config: ChaosConfig) -> ChaosResult:
         query = apps.start("query-api", ["query-api"], run_dir,
                            {"MONGO_DATABASE": pipeline.settings.mongo_database,
                             "ES_PRODUCTS_ALIAS": pipeline.settings.es_products_alias,
-                            "REDIS_URL": pipeline.env["REDIS_URL"]})
+                            "REDIS_URL": pipeline.env["REDIS_URL"], "TOPIC_PREFIX": prefix,
+                            "PROJECTION_GROUP_SUFFIX": suffix})
         # Workers run with the operator's batch settings, not the end-to-end tests' small batches.
         isolation = {k: v for k, v in pipeline.env.items() if not k.startswith("PROJECTION_BATCH")}
         worker_env = {**isolation, "PROJECTION_GROUP_SUFFIX": suffix, "PYTHONUNBUFFERED": "1", RUN_ENV: run_id,

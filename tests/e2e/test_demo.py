@@ -28,7 +28,7 @@ def test_demo_plays_the_story_twice_in_a_row(setup_done) -> None:
         assert positions == sorted(positions), "the story's steps are out of order"
         assert "> POST /api/products" in out and '"name": "Wireless Headphones"' in out
         assert "> GET /api/products/search?q=wireless+headphones&category=Electronics&max_price=100" in out
-        assert "< 201" in out and "< 202" in out and '"freshness": "fresh"' in out and '"status": "shipped"' in out
+        assert "< 201" in out and "< 202" in out and '"freshness": "current"' in out and '"status": "shipped"' in out
         for what in DELAYS:
             assert re.search(rf"^  {what}\s+\d+ ms$", out, re.M), f"no measured delay for {what}"
         assert re.search(r"^sales dashboard: http://127\.0\.0\.1:\d+/api/dashboard/sales", out, re.M)

@@ -13,10 +13,14 @@ import uuid
 import httpx
 
 from app.settings import Settings
-from connectors import kafka
+from agents.projections import consumer_group
+from connectors import kafka, postgres, redis
+from domain.freshness import progress_key
 from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, make_client, wait_until)
 
 from tests.e2e.pipeline import SETTLE_S, Pipeline, check_against_truth, place_orders, truth
+
+FRESHNESS_MAX_LAG_S = Settings().freshness_max_lag_s
 
 
 def test_replay_from_offset_zero_reproduces_identical_views(isolated, settings: Settings, token: str):
@@ -127,14 +131,22 @@ def test_workers_joining_and_leaving_under_live_traffic_lose_nothing(isolated, s
         pipeline.cleanup()
 
 
-def test_query_api_falls_back_to_the_write_model_while_the_projection_is_stopped(
+def unpublished(settings: Settings, aggregate_ids: list[str]) -> int:
+    with postgres.connect(settings) as conn:
+        return conn.execute("select count(*) from outbox where aggregate_id = any(%s) and published_at is null",
+                            (aggregate_ids,)).fetchone()[0]
+
+
+def test_answers_say_how_fresh_they_are_while_the_projection_is_stopped(
         isolated, settings: Settings, token: str, spawn_query_api):
-    """While the order projection is stopped, a new order is served from the write model as stale;
-    once it runs again, the same order is served from its view, with the same content."""
+    """An order placed and projected is `current`; with the order projection stopped and the order shipped,
+    it is answered from the write model (shipped, version 2) and never as `current`, the history and the
+    search say `lagging`; once the projection runs again, the view answers `current` with the new state."""
     client = make_client(isolated["gateway"].url, token)
-    pipeline = Pipeline(settings, isolated["prefix"], f"stale{uuid.uuid4().hex[:6]}", 7, isolated["log_dir"])
-    api = spawn_query_api("stale", MONGO_DATABASE=pipeline.settings.mongo_database,
-                          ES_PRODUCTS_ALIAS=pipeline.settings.es_products_alias, REDIS_URL=pipeline.env["REDIS_URL"])
+    pipeline = Pipeline(settings, isolated["prefix"], f"fresh{uuid.uuid4().hex[:6]}", 7, isolated["log_dir"])
+    api = spawn_query_api("freshness", MONGO_DATABASE=pipeline.settings.mongo_database,
+                          ES_PRODUCTS_ALIAS=pipeline.settings.es_products_alias, REDIS_URL=pipeline.env["REDIS_URL"],
+                          TOPIC_PREFIX=isolated["prefix"], PROJECTION_GROUP_SUFFIX="-f")
     q = httpx.Client(base_url=api.base_url, timeout=10)
 
     def order_answer(order_id: str, freshness: str) -> dict | None:
@@ -143,28 +155,50 @@ def test_query_api_falls_back_to_the_write_model_while_the_projection_is_stopped
 
     try:
         pipeline.start("order-views", "f")
-        customer = create_customer(client, name="Stale Reader")
+        customer = create_customer(client, name="Fresh Reader")
         product = create_product(client, price="20.00", stock=10)
         first = create_order(client, customer, [(product, 1)])["order_id"]
-        wait_until("first order projected", lambda: order_answer(first, "fresh"), SETTLE_S)
+        seen = wait_until("first order projected", lambda: order_answer(first, "current"), SETTLE_S)
+        assert (seen["status"], seen["last_seq"], seen["lag_s"]) == ("pending", 1, None)
+        cached = q.get(f"/api/orders/{first}")
+        assert cached.headers["X-Cache"] == "hit" and cached.json()["freshness"] == "current"
+        wait_until("history current", lambda: (b := q.get(f"/api/customers/{customer}/orders").json())
+                   .get("freshness") == "current" and b)
+        reports = redis.redis_client(pipeline.settings)
+        wait_until("every partition reported", lambda: len(reports.hgetall(
+            progress_key(consumer_group("order-views", "-f")))) == settings.topic_partitions)
 
         for worker in pipeline.workers.pop("order-views"):
             worker.stop()
+        time.sleep(FRESHNESS_MAX_LAG_S + 0.5)  # its last report is now older than the bound
+        shipped = client.post(f"/api/orders/{first}/ship")
+        assert shipped.status_code == 202 and shipped.json()["version"] == 2, shipped.text
         second = create_order(client, customer, [(product, 2)])["order_id"]
         for key, values in (("customers", [customer]), ("products", [product]), ("orders", [first, second])):
             isolated["made"][key].extend(values)  # the module's truth covers every aggregate on its topics
-        stale = q.get(f"/api/orders/{second}")
-        assert stale.status_code == 200 and stale.headers["X-Cache"] == "bypass"
-        body = stale.json()
-        assert (body["freshness"], body["status"], body["total"], body["last_seq"]) == ("stale", "pending", "40.00", 1)
+        wait_until("relay published the shipment", lambda: unpublished(settings, [first, second]) == 0)
+
+        for _ in range(10):
+            r = q.get(f"/api/orders/{first}")
+            body = r.json()
+            assert r.status_code == 200 and r.headers["X-Cache"] == "bypass", r.text
+            assert (body["freshness"], body["status"], body["last_seq"]) == ("write-model", "shipped", 2), body
+        body = q.get(f"/api/orders/{second}").json()
+        assert (body["freshness"], body["status"], body["total"], body["last_seq"]) == \
+            ("write-model", "pending", "40.00", 1)
+        history = q.get(f"/api/customers/{customer}/orders").json()
+        assert history["freshness"] == "lagging" and history["lag_s"] > FRESHNESS_MAX_LAG_S, history
+        search = q.get("/api/products/search").json()  # no product-search worker runs in this pipeline
+        assert (search["freshness"], search["lag_s"]) == ("lagging", None), search
 
         pipeline.start("order-views", "f")
-        fresh = wait_until("second order projected after the restart", lambda: order_answer(second, "fresh"),
-                           SETTLE_S)
-        same = ("order_id", "customer_id", "customer_name", "status", "total", "last_seq")
-        assert {k: fresh[k] for k in same} == {k: body[k] for k in same}
-        assert [(i["product_id"], i["quantity"], i["unit_price"]) for i in fresh["items"]] == \
-               [(i["product_id"], i["quantity"], i["unit_price"]) for i in body["items"]]
+        fresh = wait_until("shipment projected after the restart", lambda: order_answer(first, "current"), SETTLE_S)
+        assert (fresh["status"], fresh["last_seq"]) == ("shipped", 2)
+        again = wait_until("second order projected", lambda: order_answer(second, "current"), SETTLE_S)
+        same = ("order_id", "customer_id", "status", "total", "last_seq")
+        assert {k: again[k] for k in same} == {k: body[k] for k in same}
+        history = q.get(f"/api/customers/{customer}/orders").json()
+        assert history["freshness"] == "current" and {o["order_id"] for o in history["orders"]} == {first, second}
     finally:
         q.close()
         pipeline.stop()

@@ -292,7 +292,7 @@ def test_commands_become_visible_through_the_query_api(workers, client, spawn_qu
     """The seed's story end to end: add a product, search it, order it, read the order, the history
     and the dashboard through the query API."""
 
-    api = spawn_query_api("flow")
+    api = spawn_query_api("flow", PROJECTION_GROUP_SUFFIX=workers)
     unique = uuid.uuid4().hex[:8]
     customer = create_customer(client, name="John Doe")
     product = create_product(client, price="79.99", stock=20, name=f"Wireless Headphones {unique}",
@@ -307,7 +307,7 @@ def test_commands_become_visible_through_the_query_api(workers, client, spawn_qu
         assert found[0]["price"] == 79.99 and found[0]["in_stock"] is True
 
         order = create_order(client, customer, [(product, 1)])["order_id"]
-        view = wait_until("fresh order view", lambda: (lambda r: r if r.get("freshness") == "fresh" else None)(
+        view = wait_until("current order view", lambda: (lambda r: r if r.get("freshness") == "current" else None)(
             q.get(f"/api/orders/{order}").json()))
         assert view["customer_name"] == "John Doe" and view["total"] == "79.99" and view["status"] == "pending"
         assert view["items"][0]["product_name"] == f"Wireless Headphones {unique}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
@@ -17,7 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
+from agents.projections import consumer_group
 from app.queries.cache import QueryCache, invalidate_order
+from domain.freshness import PartitionReport, progress_field, progress_key
+from domain.partitioning import partition_for
 from domain.read_models import (
     CUSTOMER_HISTORY,
     ORDER_VIEWS,
@@ -39,6 +43,7 @@ from tests.e2e.conftest import (
     free_port,
     make_client,
     refused,
+    wait_until,
 )
 
 UTC = timezone.utc
@@ -46,6 +51,7 @@ UID = uuid.uuid4().hex[:10]
 MONGO_DB = f"e2e_queries_{UID}"
 ALIAS = f"products-e2e-{UID}"
 INDEX = f"{ALIAS}-v1"
+TOPIC_PREFIX = f"q{UID}-"  # the freshness tests publish heads and progress there; nothing else does
 
 
 def at(day: int, hour: int = 10, micro: int = 0) -> datetime:
@@ -162,7 +168,7 @@ def commands(setup_done: None, gateway_logs, token: str) -> Iterator[httpx.Clien
 
 @pytest.fixture(scope="module")
 def query_api(spawn_query_api, mongo_db, product_index: str):
-    return spawn_query_api("main", MONGO_DATABASE=MONGO_DB, ES_PRODUCTS_ALIAS=product_index)
+    return spawn_query_api("main", MONGO_DATABASE=MONGO_DB, ES_PRODUCTS_ALIAS=product_index, TOPIC_PREFIX=TOPIC_PREFIX)
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +210,7 @@ def test_health_readiness_and_openapi(api: httpx.Client) -> None:
 
 # ---- orders ---------------------------------------------------------------------------------------
 
-def test_order_view_is_served_fresh(api: httpx.Client, mongo_db, redis) -> None:
+def test_order_view_is_served_as_current(api: httpx.Client, mongo_db, redis) -> None:
     order_id, customer_id = uid("o"), uid("c")
     mongo_db[ORDER_VIEWS].insert_one(order_view(order_id, customer_id))
     try:
@@ -220,12 +226,12 @@ def test_order_view_is_served_fresh(api: httpx.Client, mongo_db, redis) -> None:
                        "quantity": 1, "unit_price": "39.50"}],
             "total": "199.48", "status": "shipped", "tracking_number": "TRK-1",
             "created_at": "2024-05-01T09:00:00.123Z", "updated_at": "2024-05-02T15:00:00.000Z", "last_seq": 3,
-            "freshness": "fresh"}
+            "freshness": "current", "lag_s": None}
     finally:
         invalidate_order(redis, order_id, customer_id)
 
 
-def test_order_missing_from_views_is_read_from_write_model_as_stale(api: httpx.Client, commands: httpx.Client,
+def test_order_missing_from_views_is_read_from_the_write_model(api: httpx.Client, commands: httpx.Client,
                                                                     mongo_db, redis, db) -> None:
     customer_id = create_customer(commands, name="Stale Reader")
     product_id = create_product(commands, price="12.50", name=f"Stale widget {UID}")
@@ -241,7 +247,7 @@ def test_order_missing_from_views_is_read_from_write_model_as_stale(api: httpx.C
                      "items": [{"product_id": product_id, "product_name": f"Stale widget {UID}", "product_image": None,
                                 "quantity": 3, "unit_price": "12.50"}],
                      "total": "37.50", "status": "pending", "tracking_number": None, "created_at": iso_ms(created),
-                     "updated_at": stale["updated_at"], "last_seq": 1, "freshness": "stale"}
+                     "updated_at": stale["updated_at"], "last_seq": 1, "freshness": "write-model", "lag_s": None}
     assert stale["updated_at"].endswith("Z")
     # the same field names as a fresh view, and a stale answer is never cached
     other = uid("o")
@@ -252,14 +258,82 @@ def test_order_missing_from_views_is_read_from_write_model_as_stale(api: httpx.C
     assert set(fresh) == set(stale)
     assert redis.exists(order_cache_key(order_id)) == 0
     r = api.get(f"/api/orders/{order_id}")
-    assert ok(r)["freshness"] == "stale" and r.headers["X-Cache"] == "bypass"
+    assert ok(r)["freshness"] == "write-model" and r.headers["X-Cache"] == "bypass"
 
-    # once the projection has written the view, it is served fresh
+    # once the projection has written the view, it is served from there
     mongo_db[ORDER_VIEWS].insert_one({**order_view(order_id, customer_id), "status": "pending"})
     try:
-        assert ok(api.get(f"/api/orders/{order_id}"))["freshness"] == "fresh"
+        assert ok(api.get(f"/api/orders/{order_id}"))["freshness"] == "current"
     finally:
         mongo_db[ORDER_VIEWS].delete_one({"_id": order_id})
+        invalidate_order(redis, order_id, customer_id)
+
+
+# ---- freshness: the relay's published heads against the workers' progress reports ------------------
+
+def publish_head(db, partition: int, head: int) -> None:
+    db.execute("insert into stream_heads (topic, partition, next_offset) values (%s, %s, %s) on conflict "
+               "(topic, partition) do update set next_offset = excluded.next_offset",
+               (TOPIC_PREFIX + "order-events", partition, head))
+
+
+def report_progress(redis, partition: int, applied: int, head: int, at: float, last_event_at: float | None) -> None:
+    redis.hset(progress_key(consumer_group("order-views")), progress_field(TOPIC_PREFIX + "order-events", partition),
+               PartitionReport(applied, head, at, last_event_at).dumps())
+
+
+def test_order_view_lagging_beyond_the_bound_is_read_from_the_write_model(api: httpx.Client, commands: httpx.Client,
+                                                                         mongo_db, redis, db) -> None:
+    """The view of an order says `shipped` (seeded), its write model says `pending`: which one answers, and
+    what it says of itself, follows the order's partition only, cached answers included."""
+    customer_id = create_customer(commands, name="Lag Reader")
+    order_id = create_order(commands, customer_id, [(create_product(commands, price="12.00"), 1)])["order_id"]
+    partition = partition_for(order_id, Settings().topic_partitions)
+    mongo_db[ORDER_VIEWS].insert_one(order_view(order_id, customer_id))
+    mongo_db[CUSTOMER_HISTORY].insert_one({"_id": history_entry_id(customer_id, order_id), "customer_id": customer_id,
+                                           **history_entry(order_id, at(3))})
+    try:
+        publish_head(db, partition, 100)
+        report_progress(redis, partition, 100, 100, time.time(), None)
+        body = wait_until("view current", lambda: (b := ok(api.get(f"/api/orders/{order_id}")))["freshness"] ==
+                          "current" and b)
+        assert (body["status"], body["last_seq"], body["lag_s"]) == ("shipped", 3, None)
+        assert api.get(f"/api/orders/{order_id}").headers["X-Cache"] == "hit"
+
+        report_progress(redis, partition, 90, 100, time.time(), time.time() - 1.0)   # behind, by about a second
+        r = api.get(f"/api/orders/{order_id}")
+        body = ok(r)
+        assert (body["freshness"], body["status"], r.headers["X-Cache"]) == ("lagging", "shipped", "hit")
+        assert 1.0 <= body["lag_s"] < Settings().freshness_max_lag_s
+
+        report_progress(redis, partition, 90, 100, time.time(), time.time() - 30)    # behind by half a minute
+        r = api.get(f"/api/orders/{order_id}")
+        body = ok(r)
+        assert (body["freshness"], body["status"], body["last_seq"], body["lag_s"], r.headers["X-Cache"]) == \
+            ("write-model", "pending", 1, None, "bypass")
+        history = ok(api.get(f"/api/customers/{customer_id}/orders"))
+        assert history["freshness"] == "lagging" and history["lag_s"] >= 30 and history["total"] == 1
+
+        report_progress(redis, partition, 100, 100, time.time() - 10, None)  # caught up 10 s ago, stopped since
+        publish_head(db, partition, 101)                                       # and one event published after
+        body = wait_until("view lagging behind the new head", lambda: (b := ok(api.get(f"/api/orders/{order_id}")))
+                          ["freshness"] == "write-model" and b)
+        assert body["status"] == "pending"
+
+        other = (partition + 1) % Settings().topic_partitions                  # another partition lags, not this one
+        report_progress(redis, partition, 101, 101, time.time(), None)
+        report_progress(redis, other, 0, 50, time.time(), time.time() - 60)
+        body = wait_until("view current again", lambda: (b := ok(api.get(f"/api/orders/{order_id}")))
+                          ["freshness"] == "current" and b)
+        assert body["status"] == "shipped"
+        history = ok(api.get(f"/api/customers/{customer_id}/orders"))
+        assert history["freshness"] == "lagging" and history["lag_s"] >= 60    # a list is as stale as its stalest
+    finally:
+        db.execute("delete from stream_heads where topic = %s", (TOPIC_PREFIX + "order-events",))
+        redis.hdel(progress_key(consumer_group("order-views")),
+                   *(progress_field(TOPIC_PREFIX + "order-events", p) for p in range(Settings().topic_partitions)))
+        mongo_db[ORDER_VIEWS].delete_one({"_id": order_id})
+        mongo_db[CUSTOMER_HISTORY].delete_many({"customer_id": customer_id})
         invalidate_order(redis, order_id, customer_id)
 
 
@@ -286,7 +360,7 @@ def test_order_is_cached_until_invalidated(api: httpx.Client, mongo_db, redis) -
     # the view disappears, but the cached copy answers until the projection invalidates it
     mongo_db[ORDER_VIEWS].delete_one({"_id": order_id})
     r = api.get(f"/api/orders/{order_id}")
-    assert ok(r)["freshness"] == "fresh" and r.headers["X-Cache"] == "hit"
+    assert ok(r)["freshness"] == "current" and r.headers["X-Cache"] == "hit"
     assert invalidate_order(redis, order_id, customer_id) == 1
     refused(api.get(f"/api/orders/{order_id}"), 404, "order_not_found", "order_id")
 
@@ -372,7 +446,8 @@ def test_customer_history_newest_first_paginated_and_cached(api: httpx.Client, m
 def test_customer_without_history(api: httpx.Client, commands: httpx.Client) -> None:
     customer_id = create_customer(commands, name="No Orders Yet")
     body = ok(api.get(f"/api/customers/{customer_id}/orders"))
-    assert body == {"customer_id": customer_id, "orders": [], "page": 1, "size": 20, "total": 0}
+    assert body == {"customer_id": customer_id, "orders": [], "page": 1, "size": 20, "total": 0,
+                    "freshness": "current", "lag_s": None}
     refused(api.get(f"/api/customers/{uuid.uuid4()}/orders"), 404, "customer_not_found", "customer_id")
 
 
@@ -380,7 +455,8 @@ def test_customer_without_history(api: httpx.Client, commands: httpx.Client) -> 
 
 def search(api: httpx.Client, **params: Any) -> dict:
     body = ok(api.get("/api/products/search", params=params))
-    assert set(body) == {"results", "total", "took_ms", "page", "size"}
+    assert set(body) == {"results", "total", "took_ms", "page", "size", "freshness", "lag_s"}
+    assert (body["freshness"], body["lag_s"]) == ("current", None)  # nothing published on this prefix
     assert isinstance(body["took_ms"], int)
     return body
 
@@ -450,18 +526,20 @@ def test_search_filters(api: httpx.Client) -> None:
 
 
 def test_search_before_any_product_index_exists(spawn_query_api, mongo_db) -> None:
-    missing = spawn_query_api("no-index", MONGO_DATABASE=MONGO_DB, ES_PRODUCTS_ALIAS=f"products-missing-{UID}")
+    missing = spawn_query_api("no-index", MONGO_DATABASE=MONGO_DB, ES_PRODUCTS_ALIAS=f"products-missing-{UID}",
+                              TOPIC_PREFIX=TOPIC_PREFIX)
     with httpx.Client(base_url=missing.base_url, timeout=15.0) as c:
         for params in ({}, {"q": "wireless headphones", "sort": "price_asc", "category": "Electronics"}):
             r = c.get("/api/products/search", params=params)
             assert r.status_code == 200, r.text
-            assert r.json() | {"took_ms": 0} == {"results": [], "total": 0, "took_ms": 0, "page": 1, "size": 20}
+            assert r.json() | {"took_ms": 0} == {"results": [], "total": 0, "took_ms": 0, "page": 1, "size": 20,
+                                                 "freshness": "current", "lag_s": None}
 
 
 def test_a_store_that_is_down_is_503_and_the_others_still_answer(spawn_query_api, mongo_db, redis) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     degraded = spawn_query_api("no-es", ready_path="/healthz", MONGO_DATABASE=MONGO_DB, ELASTICSEARCH_URL=dead,
-                               ES_PRODUCTS_ALIAS=ALIAS)
+                               ES_PRODUCTS_ALIAS=ALIAS, TOPIC_PREFIX=TOPIC_PREFIX)
     order_id = uid("o")
     mongo_db[ORDER_VIEWS].insert_one(order_view(order_id, "c-1"))
     try:
@@ -472,7 +550,7 @@ def test_a_store_that_is_down_is_503_and_the_others_still_answer(spawn_query_api
             assert r.json()["checks"]["mongodb"] == "ok"
             body = refused(c.get("/api/products/search", params={"q": "wireless"}), 503, "service_unavailable")
             assert body["service"] == "elasticsearch"
-            assert ok(c.get(f"/api/orders/{order_id}"))["freshness"] == "fresh"
+            assert ok(c.get(f"/api/orders/{order_id}"))["freshness"] == "current"
             assert ok(c.get("/api/dashboard/sales"))["hours"]
     finally:
         invalidate_order(redis, order_id, "c-1")

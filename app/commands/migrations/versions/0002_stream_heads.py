@@ -28,7 +28,7 @@ begin
     perform pg_notify('stream_heads', '');
     return null;
 end $$;
-create trigger stream_heads_notify after insert or update on stream_heads
+create trigger stream_heads_notify after insert or update or delete on stream_heads
     for each statement execute function stream_heads_notify();
 """
 

@@ -1,0 +1,61 @@
+"""The published heads of every partition, followed in process: freshness costs no query per request.
+
+The relay raises `stream_heads` in the statement that marks rows published, and a trigger notifies
+`stream_heads`; this follower LISTENs, re-reads the table (one row per partition) on each notification
+and at least every RELOAD_S, and reconnects with a bounded back-off. While it cannot reach PostgreSQL it
+keeps the heads it last read: the relay needs the same database to publish anything, so they stay
+true unless the two lose PostgreSQL separately, which `/readyz` shows.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import psycopg
+
+log = logging.getLogger("app.queries.heads")
+RELOAD_S = 5.0
+MAX_BACKOFF_S = 5.0
+
+
+class HeadsFollower:
+    def __init__(self, write_db_url: str, connect_timeout_s: float) -> None:
+        self.url = write_db_url
+        self.connect_timeout = max(1, int(connect_timeout_s))
+        self.heads: dict[tuple[str, int], int] = {}
+        self.loaded_at: float | None = None
+
+    def head(self, topic: str, partition: int) -> int | None:
+        return self.heads.get((topic, partition))
+
+    def of_topic(self, topic: str) -> dict[int, int]:
+        return {p: head for (t, p), head in self.heads.items() if t == topic}
+
+    async def run(self) -> None:
+        """Follow until cancelled."""
+        backoff = 0.5
+        while True:
+            followed_since = self.loaded_at
+            try:
+                await self._follow()
+            except (psycopg.Error, OSError) as exc:
+                if self.loaded_at != followed_since:  # it had connected: start the back-off again
+                    backoff = 0.5
+                log.warning("published heads: %s; retrying in %.1fs", str(exc).splitlines()[0], backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    async def _follow(self) -> None:
+        async with await psycopg.AsyncConnection.connect(self.url, autocommit=True,
+                                                         connect_timeout=self.connect_timeout) as conn:
+            await conn.execute("listen stream_heads")
+            while True:
+                await self._load(conn)
+                async for _ in conn.notifies(timeout=RELOAD_S):
+                    break
+
+    async def _load(self, conn: psycopg.AsyncConnection) -> None:
+        cur = await conn.execute("select topic, partition, next_offset from stream_heads")
+        self.heads = {(topic, partition): head for topic, partition, head in await cur.fetchall()}
+        self.loaded_at = time.monotonic()

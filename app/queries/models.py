@@ -1,0 +1,127 @@
+"""The query API's response documents, as its OpenAPI document describes them."""
+from __future__ import annotations
+
+from enum import Enum
+
+from pydantic import BaseModel, Field
+
+from domain.freshness import DESCRIPTION as FRESHNESS_DESCRIPTION
+from domain.freshness import State
+
+LAG_DESCRIPTION = ("Upper bound, in seconds, of the age of the oldest event the view may miss; 0 or null when "
+                   "`current`; null when `lagging` with an unknown lag or when read from the write model.")
+
+
+class ViewFreshness(str, Enum):
+    """What an answer drawn from a view says of it (an answer from the write model is `write-model`)."""
+
+    current = State.current.value
+    lagging = State.lagging.value
+
+
+class Error(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class OrderItem(BaseModel):
+    product_id: str
+    product_name: str | None
+    product_image: str | None
+    quantity: int
+    unit_price: str = Field(description="Decimal string, e.g. \"79.99\"")
+
+
+class OrderView(BaseModel):
+    order_id: str
+    customer_id: str
+    customer_name: str | None
+    customer_email: str | None
+    items: list[OrderItem]
+    total: str = Field(description="Decimal string")
+    status: str
+    tracking_number: str | None
+    created_at: str = Field(description="ISO-8601 UTC, e.g. 2024-05-01T10:00:00.000Z")
+    updated_at: str | None
+    last_seq: int | None = Field(description="Sequence number of the last order event reflected")
+    freshness: State = Field(description=FRESHNESS_DESCRIPTION)
+    lag_s: float | None = Field(description=LAG_DESCRIPTION)
+
+
+class HistoryProduct(BaseModel):
+    product_id: str
+    name: str | None
+    price: str
+    image_url: str | None
+    quantity: int
+
+
+class HistoryOrder(BaseModel):
+    order_id: str
+    date: str
+    total: str
+    status: str
+    products: list[HistoryProduct]
+    last_seq: int | None
+
+
+class CustomerOrders(BaseModel):
+    customer_id: str
+    orders: list[HistoryOrder]
+    page: int
+    size: int
+    total: int
+    freshness: ViewFreshness = Field(description=FRESHNESS_DESCRIPTION)
+    lag_s: float | None = Field(description=LAG_DESCRIPTION)
+
+
+class ProductHit(BaseModel):
+    product_id: str
+    name: str
+    category: str
+    price: float
+    price_text: str
+    rating: float | None
+    in_stock: bool
+    image_url: str | None
+    purchase_count: int
+
+
+class SearchResults(BaseModel):
+    results: list[ProductHit]
+    total: int
+    took_ms: int
+    page: int
+    size: int
+    freshness: ViewFreshness = Field(description=FRESHNESS_DESCRIPTION)
+    lag_s: float | None = Field(description=LAG_DESCRIPTION)
+
+
+class HourSales(BaseModel):
+    hour: str = Field(description="00-23 (UTC)")
+    orders: int
+    revenue: str
+
+
+class SalesDay(BaseModel):
+    day: str
+    orders: int
+    revenue: str
+    hours: list[HourSales]
+    freshness: ViewFreshness = Field(description=FRESHNESS_DESCRIPTION)
+    lag_s: float | None = Field(description=LAG_DESCRIPTION)
+
+
+class Sort(str, Enum):
+    relevance = "relevance"
+    price_asc = "price_asc"
+    price_desc = "price_desc"
+    rating = "rating"
+    newest = "newest"
+    popular = "popular"
+
+
+ERRORS = {422: {"model": Error, "description": "Invalid parameter (`field` names it)"},
+          503: {"model": Error, "description": "A store the query needs is unavailable"}}
+NOT_FOUND = {404: {"model": Error}}
