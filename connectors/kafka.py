@@ -146,6 +146,20 @@ def ensure_topics(settings: Settings, specs: Iterable[TopicSpec], timeout: float
     return created
 
 
+def set_topic_config(settings: Settings, names: Iterable[str], config: dict[str, str], timeout: float = 30.0) -> None:
+    """Set `config` on existing topics (an incremental change: other settings are kept)."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    resources = [ConfigResource(ResourceType.TOPIC, name, incremental_configs=[
+        ConfigEntry(key, value, incremental_operation=AlterConfigOpType.SET) for key, value in config.items()])
+        for name in names]
+    if not resources:
+        return
+    admin = admin_client(settings)  # kept alive until every answer is in
+    for fut in admin.incremental_alter_configs(resources, request_timeout=timeout).values():
+        fut.result(timeout=timeout)
+
+
 def delete_topics(settings: Settings, names: Iterable[str], timeout: float = 30.0) -> None:
     names = list(names)
     if not names:

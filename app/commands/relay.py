@@ -39,7 +39,7 @@ LEADER = Gauge("outbox_relay_leader", "1 while this process holds the relay lock
 
 PRUNE_EVERY_S = 60.0
 PRUNE_BATCH = 5_000
-PRUNE_MAX_BATCHES = 20  # per round: at most 100,000 rows, so pruning never holds publishing back for long
+PRUNE_MAX_BATCHES = 20  # per call: at most 100,000 rows
 PRUNE = """
 delete from outbox where id in (
     select id from outbox where published_at < now() - make_interval(secs => %s) order by published_at limit %s)
@@ -142,20 +142,35 @@ class OutboxRelay:
             LEADER.set(1)
             await conn.execute("listen outbox")
             notifies = conn.notifies(timeout=self.settings.outbox_poll_interval_s)
-            last_backlog = last_prune = 0.0
-            while not self._stopping.is_set():
-                while await self.publish_batch(conn) == self.batch_size:
-                    pass
-                if time.monotonic() - last_backlog > 5:
-                    BACKLOG.set((await (await conn.execute(
-                        "select count(*) from outbox where published_at is null")).fetchone())[0])
-                    last_backlog = time.monotonic()
-                if time.monotonic() - last_prune > PRUNE_EVERY_S:
-                    await self.prune(conn)
-                    last_prune = time.monotonic()
-                async for _ in notifies:
-                    break
-                notifies = conn.notifies(timeout=self.settings.outbox_poll_interval_s)
+            last_backlog = 0.0
+            pruning = asyncio.create_task(self._pruning(), name="outbox-pruning")
+            try:
+                while not self._stopping.is_set():
+                    while await self.publish_batch(conn) == self.batch_size:
+                        pass
+                    if time.monotonic() - last_backlog > 5:
+                        BACKLOG.set((await (await conn.execute(
+                            "select count(*) from outbox where published_at is null")).fetchone())[0])
+                        last_backlog = time.monotonic()
+                    async for _ in notifies:
+                        break
+                    notifies = conn.notifies(timeout=self.settings.outbox_poll_interval_s)
+            finally:
+                pruning.cancel()
+
+    async def _pruning(self) -> None:
+        """While leading, every PRUNE_EVERY_S: prune until nothing is due, on a connection of its own, so
+        pruning never holds publishing back (the rows it deletes are never the ones being published)."""
+        while not self._stopping.is_set():
+            await self._sleep(PRUNE_EVERY_S)
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                        self.settings.write_db_url, autocommit=True,
+                        connect_timeout=max(1, int(self.settings.connect_timeout_s))) as conn:
+                    while await self.prune(conn) == PRUNE_BATCH * PRUNE_MAX_BATCHES:
+                        await self._sleep(1.0)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("outbox pruning: %s; trying again in %.0fs", str(exc).splitlines()[0], PRUNE_EVERY_S)
 
     async def prune(self, conn: psycopg.AsyncConnection) -> int:
         """Delete published rows older than OUTBOX_KEEP_HOURS, in bounded batches; returns how many. Kafka's

@@ -40,9 +40,11 @@ from domain.read_models import READ_MODEL_VERSIONS
 from app.operations.rebuild_progress import RebuildProgress, duration
 from app.operations.rebuild_targets import (REBUILDABLE, OrderViewsTarget, ProductSearchTarget, RebuildTarget,
                                  SalesStatsTarget)
+from app.operations.rebuild_preflight import (EXIT_INCOMPLETE, IncompleteHistory, check_services,
+                                             require_whole_history)
 from app.settings import Settings
 from app.operations.setup import prepare_event_codecs
-from connectors import elasticsearch, kafka, mongo, postgres, redis
+from connectors import kafka, postgres, redis
 
 LOCK_NAMESPACE = 0x0C9A6
 SWITCH_MARGIN_S = 2.0
@@ -74,6 +76,7 @@ class RebuildOptions:
     max_states: int = 250_000
     head_distance: int = 2_000      # following stops when fewer events than this are left to the head
     switch_attempts: int = 3
+    allow_partial: bool = False     # switch to a version built from topics that lost their first events
 
 
 class BulkReplay:
@@ -214,17 +217,14 @@ async def open_target(projection: str, settings: Settings) -> tuple[RebuildTarge
     return ProductSearchTarget(db, es, cache, settings.es_products_alias), db, closers
 
 
-def check_services(projection: str, settings: Settings) -> None:
-    """Fail fast, with the service's one-line reason, before anything is created."""
-    needed = [postgres, redis, mongo, kafka] + ([elasticsearch] if projection == "product-search" else [])
-    for module in needed:
-        module.check(settings)
-
-
 async def rebuild(projection: str, settings: Settings, options: RebuildOptions, progress: RebuildProgress) -> dict:
     if projection not in REBUILDABLE:
         raise RebuildRefused(f"unknown projection {projection!r}; rebuildable: {', '.join(REBUILDABLE)}")
     check_services(projection, settings)
+    partial = require_whole_history(settings, projection, source_topics(projection, settings.topic_prefix),
+                                    options.allow_partial)
+    if partial:
+        progress.say(partial)
     lock = RebuildLock(settings, projection)
     target, db, closers = await open_target(projection, settings)
     replay: BulkReplay | None = None
@@ -360,6 +360,8 @@ async def drop_expired(target: RebuildTarget, versions, projection: str, progres
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("projection", help=f"the read model to rebuild: {', '.join(REBUILDABLE)}")
     parser.add_argument("--keep-old", action="store_true", help="keep the previous version instead of dropping it")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="build and switch even though the topics no longer hold their first events")
     parser.add_argument("--grace-s", type=float, default=30.0,
                         help="how long the previous version stays after the switch before it is dropped")
     parser.add_argument("--batch", type=int, default=20_000, help="events per bulk batch")
@@ -380,7 +382,7 @@ def options_from(args: argparse.Namespace) -> RebuildOptions:
     if problems:
         raise RebuildRefused("; ".join(problems))
     return RebuildOptions(keep_old=args.keep_old, grace_s=args.grace_s, batch=args.batch, max_rate=args.max_rate,
-                          checkpoint_s=args.checkpoint_s, cold_after=args.cold_after)
+                          checkpoint_s=args.checkpoint_s, cold_after=args.cold_after, allow_partial=args.allow_partial)
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
@@ -391,4 +393,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     except RebuildRefused as exc:
         print(f"cqrs rebuild: {exc}", file=sys.stderr, flush=True)
         return 1
+    except IncompleteHistory as exc:
+        print(f"cqrs rebuild: {exc}", file=sys.stderr, flush=True)
+        return EXIT_INCOMPLETE
     return 0
