@@ -7,7 +7,7 @@ STACK := deploy/local/stack
 PYTEST_ARGS ?=
 CHAOS_ARGS ?=
 
-.PHONY: help venv stack-up stack-down stack-status stack-logs demo smoke test test-unit lag schemas-check k8s-validate monitoring-check bench-commands bench-projections bench-rebuild chaos clean
+.PHONY: help venv stack-up stack-down stack-status stack-logs demo smoke test test-unit lag schemas-check k8s-validate monitoring-check bench-commands bench-projections bench-rebuild bench-ryw bench-outbox chaos clean
 
 help:
 	@echo "make demo         bring the local stack up and play the story through gateway, query API and workers"
@@ -70,6 +70,12 @@ bench-projections: venv stack-up
 
 bench-rebuild: venv stack-up
 	$(BIN)/python -m benchmarks.rebuild
+
+bench-ryw: venv stack-up
+	$(BIN)/python -m benchmarks.read_your_writes
+
+bench-outbox: venv stack-up
+	$(BIN)/python -m benchmarks.outbox_prune
 
 chaos: venv stack-up
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
