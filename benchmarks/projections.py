@@ -64,13 +64,8 @@ class Bench(Baselines, SinkCeilings, Checks, Report, Cleanup):
 
     def prepare(self) -> None:
         from app.operations.setup import prepare_event_codecs
-        from connectors import redis
 
-        client = redis.redis_client(self.settings)
-        try:
-            client.flushdb()
-        finally:
-            client.close()
+        self.flush_redis_db()
         self.codecs = prepare_event_codecs(self.settings)
 
     def preload(self) -> Loaded:

@@ -19,6 +19,13 @@ class ViewFreshness(str, Enum):
     lagging = State.lagging.value
 
 
+class FromView(BaseModel):
+    """An answer drawn from a view, saying how fresh it is."""
+
+    freshness: ViewFreshness = Field(description=FRESHNESS_DESCRIPTION)
+    lag_s: float | None = Field(description=LAG_DESCRIPTION)
+
+
 class Error(BaseModel):
     code: str
     message: str
@@ -66,14 +73,12 @@ class HistoryOrder(BaseModel):
     last_seq: int | None
 
 
-class CustomerOrders(BaseModel):
+class CustomerOrders(FromView):
     customer_id: str
     orders: list[HistoryOrder]
     page: int
     size: int
     total: int
-    freshness: ViewFreshness = Field(description=FRESHNESS_DESCRIPTION)
-    lag_s: float | None = Field(description=LAG_DESCRIPTION)
 
 
 class ProductHit(BaseModel):
@@ -88,14 +93,12 @@ class ProductHit(BaseModel):
     purchase_count: int
 
 
-class SearchResults(BaseModel):
+class SearchResults(FromView):
     results: list[ProductHit]
     total: int
     took_ms: int
     page: int
     size: int
-    freshness: ViewFreshness = Field(description=FRESHNESS_DESCRIPTION)
-    lag_s: float | None = Field(description=LAG_DESCRIPTION)
 
 
 class HourSales(BaseModel):
@@ -104,13 +107,11 @@ class HourSales(BaseModel):
     revenue: str
 
 
-class SalesDay(BaseModel):
+class SalesDay(FromView):
     day: str
     orders: int
     revenue: str
     hours: list[HourSales]
-    freshness: ViewFreshness = Field(description=FRESHNESS_DESCRIPTION)
-    lag_s: float | None = Field(description=LAG_DESCRIPTION)
 
 
 class Sort(str, Enum):

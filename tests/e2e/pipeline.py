@@ -129,6 +129,14 @@ class Pipeline:
                     found[oid] = {"seq": int(seq), "state": json.loads(state) if state else None}
         return found
 
+    def collections(self) -> set[str]:
+        """The collections of the pipeline's read database."""
+        client = mongo.mongo_client(self.settings)
+        try:
+            return set(mongo.read_database(self.settings, client).list_collection_names())
+        finally:
+            client.close()
+
     def cleanup(self) -> None:
         client = mongo.mongo_client(self.settings)
         client.drop_database(self.settings.mongo_database)

@@ -66,14 +66,6 @@ def serving(pipe: Pipeline, projection: str) -> ServingRecord:
         client.close()
 
 
-def collections(pipe: Pipeline) -> set[str]:
-    client = mongo.mongo_client(pipe.settings)
-    try:
-        return set(mongo.read_database(pipe.settings, client).list_collection_names())
-    finally:
-        client.close()
-
-
 class Traffic(threading.Thread):
     """Orders placed through the gateway and read back through the query API, continuously until
     stopped: every read must answer 200, from the view or (while the projection lags) the write model."""
@@ -136,7 +128,7 @@ def test_order_views_rebuild_switches_reads_and_live_writes_under_traffic(pipeli
 
     record = serving(pipeline, "order-views")
     assert (record.serving, record.building, record.retired, record.fence_id) == (2, None, (), None)
-    left = collections(pipeline)
+    left = pipeline.collections()
     assert {ORDER_VIEWS, CUSTOMER_HISTORY}.isdisjoint(left), "the old version was not dropped after its grace"
     assert set(vars(order_collections(2)).values()) <= left
 
@@ -278,7 +270,7 @@ def test_sales_stats_rebuild_switches_counters_stats_and_purchase_counts(pipelin
     assert not list(r.scan_iter("sales:day:*")) and not list(r.scan_iter("sales:ledger:*")), \
         "version 1's keys were not dropped"
     assert list(r.scan_iter("sales:v2:day:*")) and list(r.scan_iter("sales:v2:ledger:*"))
-    assert "product_stats" not in collections(pipeline) and "product_stats_v2" in collections(pipeline)
+    assert "product_stats" not in pipeline.collections() and "product_stats_v2" in pipeline.collections()
 
     customer, product = isolated["made"]["customers"][0], isolated["made"]["products"][0]
     isolated["made"]["orders"].append(create_order(client, customer, [(product, 2)])["order_id"])  # live -> v2

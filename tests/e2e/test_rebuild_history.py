@@ -26,16 +26,6 @@ def cqrs_rebuild(pipe: Pipeline, *args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, **pipe.env, "PROJECTION_GROUP_SUFFIX": f"-{pipe.name}"})
 
 
-def collections(pipe: Pipeline) -> set[str]:
-    from connectors import mongo
-
-    client = mongo.mongo_client(pipe.settings)
-    try:
-        return set(mongo.read_database(pipe.settings, client).list_collection_names())
-    finally:
-        client.close()
-
-
 def test_event_topics_keep_every_event(isolated, settings: Settings) -> None:
     from confluent_kafka.admin import ConfigResource, ResourceType
 
@@ -57,13 +47,13 @@ def test_rebuild_refuses_a_history_the_topics_no_longer_hold(isolated, settings:
     deleted = admin.delete_records([TopicPartition(topic, trimmed[1], end - 1)])
     next(iter(deleted.values())).result(30)  # as retention would: the partition now starts at end - 1
     try:
-        before = collections(pipeline)
+        before = pipeline.collections()
         refused = cqrs_rebuild(pipeline)
         assert refused.returncode == 2, refused.stdout + refused.stderr
         line, = refused.stderr.strip().splitlines()
         assert line.startswith("cqrs rebuild: order-views: ") and f"{topic}[{trimmed[1]}] offsets 0..{end - 2}" in line
         assert "--allow-partial" in line
-        assert collections(pipeline) == before  # nothing was created
+        assert pipeline.collections() == before  # nothing was created
 
         partial = cqrs_rebuild(pipeline, "--allow-partial")
         assert partial.returncode == 0, partial.stdout + partial.stderr
