@@ -24,7 +24,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
 from app.settings import Settings
-from connectors import kafka
+from connectors import kafka, keep_running
 
 log = logging.getLogger("cqrs.relay")
 
@@ -107,18 +107,15 @@ class OutboxRelay:
 
     async def run(self) -> None:
         """Contend for leadership forever; publish while leader. Errors back off (bounded) and retry."""
-        backoff = 0.5
-        while not self._stopping.is_set():
+        async def lead() -> None:
             try:
                 await self._lead()
-                backoff = 0.5
-            except (psycopg.Error, OSError) as exc:
-                log.warning("outbox relay: %s; retrying in %.1fs", str(exc).splitlines()[0], backoff)
             finally:
                 self.is_leader = False
                 LEADER.set(0)
-            await self._sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+
+        await keep_running("outbox relay", lead, (psycopg.Error, OSError), log, stopping=self._stopping.is_set,
+                           sleep=self._sleep)
         await asyncio.to_thread(self.producer.flush, 10)
 
     async def _sleep(self, seconds: float) -> None:

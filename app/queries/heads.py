@@ -8,11 +8,12 @@ true unless the two lose PostgreSQL separately, which `/readyz` shows.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 import psycopg
+
+from connectors import keep_running
 
 log = logging.getLogger("app.queries.heads")
 RELOAD_S = 5.0
@@ -34,17 +35,7 @@ class HeadsFollower:
 
     async def run(self) -> None:
         """Follow until cancelled."""
-        backoff = 0.5
-        while True:
-            followed_since = self.loaded_at
-            try:
-                await self._follow()
-            except (psycopg.Error, OSError) as exc:
-                if self.loaded_at != followed_since:  # it had connected: start the back-off again
-                    backoff = 0.5
-                log.warning("published heads: %s; retrying in %.1fs", str(exc).splitlines()[0], backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
+        await keep_running("published heads", self._follow, (psycopg.Error, OSError), log, max_s=MAX_BACKOFF_S)
 
     async def _follow(self) -> None:
         async with await psycopg.AsyncConnection.connect(self.url, autocommit=True,

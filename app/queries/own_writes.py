@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from connectors import keep_running
+
 log = logging.getLogger("app.queries.own_writes")
 MAX_WAIT_MS = 2000
 MAX_BACKOFF_S = 5.0
@@ -36,23 +38,19 @@ class Announcements:
             event.set()
 
     async def run(self) -> None:
-        """Listen until cancelled, resubscribing with a bounded back-off."""
-        backoff = 0.5
-        while True:
-            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(*self.channels)
-                backoff = 0.5
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None:
-                        self.announce(message["channel"], message["data"])
-            except Exception as exc:  # noqa: BLE001 - any loss of the subscription: subscribe again
-                log.info("announcements: %s: %s; resubscribing in %.1fs", type(exc).__name__, exc, backoff)
-            finally:
-                await pubsub.aclose()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
+        """Listen until cancelled, subscribing again (bounded back-off) after any loss."""
+        await keep_running("announcements", self._listen, (Exception,), log, max_s=MAX_BACKOFF_S)
+
+    async def _listen(self) -> None:
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(*self.channels)
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None:
+                    self.announce(message["channel"], message["data"])
+        finally:
+            await pubsub.aclose()
 
 
 async def until_reflected(read: Callable[[], Awaitable[Any]], reflected: Callable[[Any], bool],
