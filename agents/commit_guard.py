@@ -120,8 +120,8 @@ class CommitGuard:
             start = committed.get(tp)
             if start is None:
                 start = earliest.get(tp)
-            if start is not None:
-                self.offsets.start(tp, start)
+            if start is not None and not self.offsets.known(tp):  # started meanwhile (a batch or a tick):
+                self.offsets.start(tp, start)                     # never move a partition back
 
     async def _reread(self, tp: TopicPartitionKey, offset: int) -> None:
         """Seek `tp` back to `offset`, once per stall of RESEEK_AFTER_S; jump only over offsets the

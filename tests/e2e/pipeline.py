@@ -57,7 +57,9 @@ class Pipeline:
         self.workers.clear()
 
     def wait_caught_up(self, group: str, timeout: float = SETTLE_S) -> None:
-        """Until every projection's group has committed the end offset of each of its partitions."""
+        """Until every projection's group has committed the end offset of each of its partitions, as they
+        are once the relay has published every event committed on the pipeline's topics so far."""
+        self.wait_published(timeout)
         admin = kafka.admin_client(self.settings)
         from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 
@@ -82,6 +84,16 @@ class Pipeline:
         finally:
             probe.close()
         time.sleep(1.0)  # the last batch's sink writes finish before its offsets are committed
+
+    def wait_published(self, timeout: float) -> None:
+        """Until the outbox holds no unpublished event for the pipeline's topics (commands answer before
+        the relay publishes their events)."""
+        end = deadline(timeout)
+        with postgres.connect(self.settings) as conn:
+            while conn.execute("select count(*) from outbox where published_at is null and topic like %s",
+                               (self.prefix + "%",)).fetchone()[0]:
+                assert time.monotonic() < end, f"events on {self.prefix}* not published within {timeout:.0f}s"
+                time.sleep(0.1)
 
     def snapshot(self) -> dict:
         """Every read model of this pipeline, normalised for comparison."""
