@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.commands.handlers import CommandContext, CommandHandlers, CommandResult, request_fingerprint
 from app.commands.relay import OutboxRelay
-from app.http.errors import error_body
+from app.http.errors import ErrorBody, error_body
 from app.http.metrics import LATENCY_BUCKETS
 from app.http.service import service_app
 from app.settings import Settings, get_settings
@@ -158,7 +158,22 @@ def respond(result: CommandResult) -> JSONResponse:
     return JSONResponse(result.body, status_code=result.status_code, headers=headers)
 
 
-router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+def declared(description: str) -> dict:
+    return {"model": ErrorBody, "description": description}
+
+
+# Every status a command can answer, in the error shape (clients generated from the document handle them).
+COMMAND_ERRORS = {
+    400: declared("The request could not be read (e.g. a body that is not JSON)"),
+    401: declared("No valid bearer token"),
+    404: declared("The aggregate the command names, or one it refers to, does not exist"),
+    409: declared("A business rule refuses the command (e.g. shipping a cancelled order), or the "
+                  "Idempotency-Key was used for a different request"),
+    412: declared("If-Match names a version the aggregate is no longer at"),
+    413: declared("The body is larger than MAX_BODY_BYTES"),
+    422: declared("A field has a value no rule accepts (`field` names it)"),
+}
+router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=COMMAND_ERRORS)
 ACCEPTED = {"model": Accepted}
 ORDER_ACCEPTED = {"model": Accepted, "headers": {consistency.HEADER: {
     "description": "`order:<id>@<version>`: pass it back to the query API to read this write "

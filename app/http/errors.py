@@ -4,11 +4,20 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from domain.errors import DomainError, InvalidCommand, NotFound, RuleViolation, VersionConflict
 
 STATUS = {InvalidCommand: 422, NotFound: 404, RuleViolation: 409, VersionConflict: 412}
+
+
+class ErrorBody(BaseModel):
+    """The error shape of every 4xx/5xx answer, as the OpenAPI documents declare it."""
+
+    code: str
+    message: str
+    field: str | None = None
 
 
 def error_body(code: str, message: str, field: str | None = None, **extra) -> dict:

@@ -837,3 +837,33 @@ def test_openapi_lists_every_command(client):
         ("POST", "/api/orders"), ("POST", "/api/orders/{order_id}/items"),
         ("DELETE", "/api/orders/{order_id}/items/{product_id}"), ("POST", "/api/orders/{order_id}/cancel"),
         ("POST", "/api/orders/{order_id}/ship"), ("POST", "/api/orders/{order_id}/deliver")}
+
+
+def test_every_error_a_command_answers_is_declared_in_its_openapi_document(client, gateway):
+    """Clients generated from the document must know each status: provoke each error on a real gateway and
+    find it, with the error schema, among the operation's declared responses."""
+    spec = client.get("/openapi.json").json()
+    customer = create_customer(client)
+    product = create_product(client, price="10.00")
+    order = create_order(client, customer, [(product, 1)])["order_id"]
+    assert client.post(f"/api/orders/{order}/cancel").status_code == 202
+    provoked = [
+        ("post", "/api/orders", httpx.post(f"{gateway.url}/api/orders", json={}, timeout=10)),  # no token
+        ("post", "/api/orders/{order_id}/ship", client.post(f"/api/orders/{uuid.uuid4()}/ship")),
+        ("post", "/api/orders/{order_id}/ship", client.post(f"/api/orders/{order}/ship")),  # cancelled
+        ("post", "/api/orders/{order_id}/items", client.post(f"/api/orders/{order}/items", headers={
+            "If-Match": '"7"'}, json={"product_id": product, "quantity": 1})),
+        ("post", "/api/products", client.post("/api/products", content=b"x" * 70_000,
+                                              headers={"Content-Type": "application/json"})),
+        ("post", "/api/products", client.post("/api/products", content=b"{not json",
+                                              headers={"Content-Type": "application/json"})),
+        ("post", "/api/customers", client.post("/api/customers", json={"name": "", "email": "x"})),
+    ]
+    seen = set()
+    for method, path, r in provoked:
+        declared = spec["paths"][path][method]["responses"]
+        assert str(r.status_code) in declared, f"{method.upper()} {path} answered {r.status_code}: {r.text[:200]}"
+        assert declared[str(r.status_code)]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+        assert {"code", "message"} <= set(r.json()), r.text
+        seen.add(r.status_code)
+    assert seen == {401, 404, 409, 412, 413, 422}, seen  # the body that is not JSON is a 422 validation error
