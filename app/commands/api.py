@@ -167,11 +167,11 @@ COMMAND_ERRORS = {
     400: declared("The request could not be read (e.g. a body that is not JSON)"),
     401: declared("No valid bearer token"),
     404: declared("The aggregate the command names, or one it refers to, does not exist"),
-    409: declared("A business rule refuses the command (e.g. shipping a cancelled order), or the "
-                  "Idempotency-Key was used for a different request"),
+    409: declared("A business rule refuses the command (e.g. shipping a cancelled order)"),
     412: declared("If-Match names a version the aggregate is no longer at"),
     413: declared("The body is larger than MAX_BODY_BYTES"),
-    422: declared("A field has a value no rule accepts (`field` names it)"),
+    422: declared("A field has a value no rule accepts (`field` names it), or the Idempotency-Key was "
+                  "used for a different request"),
 }
 router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=COMMAND_ERRORS)
 ACCEPTED = {"model": Accepted}
