@@ -211,8 +211,9 @@ def exit_stalled(projection: str, behind: dict[TopicPartitionKey, int], waited: 
 def exit_unprocessed(name: str, exc: BaseException) -> NoReturn:
     """Crash-only recovery: a worker that cannot make progress (a failure that is not an outage, past
     its retries; an outage past its limit; a stalled consumer) exits at once, non-zero, before anything
-    acknowledges its current batch. Its offsets were committed only up to what it processed, so the batch is read again by
-    whichever worker takes the partitions over (a restart, or another member of the group)."""
+    acknowledges its current batch. Its offsets were committed only up to what it processed, so the batch
+    is read again by whichever worker takes the partitions over (a restart, or another member of the
+    group)."""
     log.critical("%s worker stopping, its current batch unprocessed: %s: %s", name, type(exc).__name__, exc,
                  exc_info=exc)
     logging.shutdown()

@@ -4,8 +4,9 @@ After every batch and on every tick the worker writes, per source partition, the
 the partition's end offset as its consumer saw it, the time, and the timestamp of the last event it
 applied (domain.freshness.PartitionReport), into one Redis hash per consumer group, and announces the
 partitions on a channel of the same name. The query API reads the hash to say whether an answer is
-current, and waits on the channel for a reader's own writes. Reporting is best effort (connectors.redis.BestEffort) and never
-holds the pipeline back; a skipped report only makes answers look older than they are.
+current, and waits on the channel for a reader's own writes. Reporting is best effort
+(connectors.redis.BestEffort) and never holds the pipeline back; a skipped report only makes answers
+look older than they are.
 """
 from __future__ import annotations
 
@@ -45,12 +46,14 @@ class ProgressReport:
 
     async def after_batch(self, records: Sequence[SourceRecord]) -> None:
         """Report the batch's partitions; an event the sequence gate still holds is not applied yet."""
+        partitions = {(r.topic, r.partition) for r in records}
+        applied = {tp: self.applied(tp) for tp in partitions}
         for r in records:
-            tp = (r.topic, r.partition)
-            applied = self.applied(tp)
-            if r.timestamp is not None and applied is not None and r.offset < applied:
+            below = applied[(r.topic, r.partition)]
+            if r.timestamp is not None and below is not None and r.offset < below:
+                tp = (r.topic, r.partition)
                 self.last_event_at[tp] = max(r.timestamp, self.last_event_at.get(tp, r.timestamp))
-        await self.publish({(r.topic, r.partition) for r in records})
+        await self.publish(partitions)
 
     async def publish(self, partitions: Iterable[Partition]) -> None:
         """Write the reports, and announce each partition on the channel of the same name, which wakes

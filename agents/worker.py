@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 import faust
 import psycopg_pool
@@ -61,9 +61,19 @@ class Settings(commit_guard.Settings, dead_letters.Settings, mongo.Settings, ela
     worker_restore_stall_s: float
 
 
-async def build_projection(name: str, settings: Settings) -> tuple[Projection, list, AsyncDatabase]:
-    """The projection with its async clients; returns it, the closers to call on shutdown and the read
-    database (where the serving version of a rebuildable read model is recorded)."""
+class BuiltProjection(NamedTuple):
+    """A projection with what its worker also needs: the closers to call on shutdown, the read database
+    (where the serving version of a rebuildable read model is recorded) and the Redis client (progress
+    reports use it too)."""
+
+    projection: Projection
+    closers: list
+    db: AsyncDatabase
+    redis: Any
+
+
+async def build_projection(name: str, settings: Settings) -> BuiltProjection:
+    """The projection with its async clients."""
     timeout_ms = int(settings.connect_timeout_s * 1000)
     # pymongo bounds every read itself (socketTimeoutMS) well within the engine's attempt bound, so an
     # attempt is never cancelled inside the async driver (which can leave its topology lock broken).
@@ -79,7 +89,7 @@ async def build_projection(name: str, settings: Settings) -> tuple[Projection, l
         closers.append(pool.close)
         serving = await current(db[READ_MODEL_VERSIONS], name)
         await ensure_order_indexes(db, serving.order_collections)
-        return OrderViews(db, pool, redis), closers, db
+        return BuiltProjection(OrderViews(db, pool, redis), closers, db, redis)
     # The worker's retry policy decides how long to wait for the search cluster; the client's own node
     # back-off (up to 30 s by default) would hold writes back long after the cluster is back.
     es = AsyncElasticsearch(settings.elasticsearch_url, request_timeout=30, max_retries=1,
@@ -88,9 +98,9 @@ async def build_projection(name: str, settings: Settings) -> tuple[Projection, l
     alias = settings.es_products_alias
     await ensure_products_index(es, alias)
     if name == "product-search":
-        return ProductSearch(es, alias), closers, db
+        return BuiltProjection(ProductSearch(es, alias), closers, db, redis)
     if name == "sales-stats":
-        return SalesStats(redis, db, es, alias), closers, db
+        return BuiltProjection(SalesStats(redis, db, es, alias), closers, db, redis)
     raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
 
 
@@ -215,7 +225,7 @@ class ProjectionRun:
         self.lag_reported: set[TP] = set()
 
     async def start(self) -> None:
-        projection, self.closers, db = await build_projection(self.name, self.settings)
+        projection, self.closers, db, redis = await build_projection(self.name, self.settings)
         self.processor = BatchProcessor(projection, self.prepare_codecs(), self.progress,
                                         DeadLetters(self.settings, self.name),
                                         SequenceGate(self.settings.gap_hold_seconds,
@@ -225,8 +235,6 @@ class ProjectionRun:
         processor = self.processor
         self.guard.held_floor = lambda: processor.held_floor
         self.guard.attach()
-        redis = redis_connector.async_redis_client(self.settings)
-        self.closers.append(redis.aclose)
         self.report = ProgressReport(redis, self.app.conf.id, lambda tp: self.guard.committable(TP(*tp)), self.head)
 
     async def project(self, stream) -> None:

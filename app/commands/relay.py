@@ -118,6 +118,10 @@ class OutboxRelay:
                            sleep=self._sleep)
         await asyncio.to_thread(self.producer.flush, 10)
 
+    async def _connect(self) -> psycopg.AsyncConnection:
+        return await psycopg.AsyncConnection.connect(self.settings.write_db_url, autocommit=True,
+                                                     connect_timeout=max(1, int(self.settings.connect_timeout_s)))
+
     async def _sleep(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
@@ -125,9 +129,7 @@ class OutboxRelay:
             pass
 
     async def _lead(self) -> None:
-        async with await psycopg.AsyncConnection.connect(
-                self.settings.write_db_url, autocommit=True,
-                connect_timeout=max(1, int(self.settings.connect_timeout_s))) as conn:
+        async with await self._connect() as conn:
             while not self._stopping.is_set():
                 got = (await (await conn.execute("select pg_try_advisory_lock(%s)", (RELAY_LOCK_KEY,))).fetchone())[0]
                 if got:
@@ -161,9 +163,7 @@ class OutboxRelay:
         while not self._stopping.is_set():
             await self._sleep(PRUNE_EVERY_S)
             try:
-                async with await psycopg.AsyncConnection.connect(
-                        self.settings.write_db_url, autocommit=True,
-                        connect_timeout=max(1, int(self.settings.connect_timeout_s))) as conn:
+                async with await self._connect() as conn:
                     while await self.prune(conn) == PRUNE_BATCH * PRUNE_MAX_BATCHES:
                         await self._sleep(1.0)
             except (psycopg.Error, OSError) as exc:

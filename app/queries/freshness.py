@@ -35,18 +35,18 @@ class FreshnessReader:
         """Where order-views reports (a Redis hash) and announces (a channel of the same name) its progress."""
         return progress_key(consumer_group("order-views", self.suffix))
 
+    def _order_topic_partition(self, order_id: str) -> tuple[str, int]:
+        return source_topics("order-views", self.prefix)[0], partition_for(order_id, self.partitions)
+
     def order_partition(self, order_id: str) -> tuple[str, str]:
         """The (Redis key and channel, field) under which order-views reports the order's partition."""
-        topic = source_topics("order-views", self.prefix)[0]
-        return self.order_views_channel, progress_field(topic, partition_for(order_id, self.partitions))
+        return self.order_views_channel, progress_field(*self._order_topic_partition(order_id))
 
     async def of_order(self, s: Stores, deadline: Deadline, order_id: str) -> Freshness:
-        topic = source_topics("order-views", self.prefix)[0]
-        partition = partition_for(order_id, self.partitions)
-        key = progress_key(consumer_group("order-views", self.suffix))
+        topic, partition = self._order_topic_partition(order_id)
 
         async def read() -> list[Any]:  # [report or None]; None itself: Redis did not answer
-            return [await s.redis.hget(key, progress_field(topic, partition))]
+            return [await s.redis.hget(self.order_views_channel, progress_field(topic, partition))]
 
         got = await s.cache_call(deadline, read)
         if got is None:

@@ -9,7 +9,6 @@ true unless the two lose PostgreSQL separately, which `/readyz` shows.
 from __future__ import annotations
 
 import logging
-import time
 
 import psycopg
 
@@ -25,7 +24,6 @@ class HeadsFollower:
         self.url = write_db_url
         self.connect_timeout = max(1, int(connect_timeout_s))
         self.heads: dict[tuple[str, int], int] = {}
-        self.loaded_at: float | None = None
 
     def head(self, topic: str, partition: int) -> int | None:
         return self.heads.get((topic, partition))
@@ -49,4 +47,3 @@ class HeadsFollower:
     async def _load(self, conn: psycopg.AsyncConnection) -> None:
         cur = await conn.execute("select topic, partition, next_offset from stream_heads")
         self.heads = {(topic, partition): head for topic, partition, head in await cur.fetchall()}
-        self.loaded_at = time.monotonic()
