@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from typing import Annotated, Any
 
 import jwt
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.http.errors import error_body
 from app.settings import Settings
@@ -100,24 +101,18 @@ def unauthenticated(message: str) -> HTTPException:
                          headers={"WWW-Authenticate": "Bearer"})
 
 
-def bearer_token(authorization: str | None) -> str | None:
-    scheme, _, token = (authorization or "").strip().partition(" ")
-    if not authorization:
-        return None
-    if scheme.lower() != "bearer" or not token.strip():
-        raise unauthenticated("Authorization must be `Bearer <token>`")
-    return token.strip()
+BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", description=(
+    "A JWT: `cqrs token issue` locally, the identity provider in production."))
 
 
-async def presented(request: Request, authorization: Annotated[str | None, Header(
-        description="`Bearer <token>`")] = None) -> Principal | None:
-    """The caller of a token, if one was sent; a token that was sent must be valid (401), even where none
-    is needed. Sets `request.state.principal` for the rate limiter (subject only, never the token)."""
-    token = bearer_token(authorization)
-    if token is None:
+async def presented(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+                    ) -> Principal | None:
+    """The caller of a bearer token, if one was sent; a token that was sent must be valid (401), even where
+    none is needed. Sets `request.state.principal` (subject only, never the token)."""
+    if credentials is None:
         return None
     try:
-        principal = await request.app.state.verifier.principal(token)
+        principal = await request.app.state.verifier.principal(credentials.credentials)
     except Unauthenticated as exc:
         raise unauthenticated(str(exc)) from None
     request.state.principal = principal

@@ -55,6 +55,7 @@ router = APIRouter(prefix="/api", dependencies=[Depends(rate_limited)])
 
 
 @router.get("/products/search", name="SearchProducts", response_model=SearchResults, responses=ERRORS,
+            openapi_extra={"security": [{}, {"bearer": []}]},
             summary="Full-text product search with filters, sorting and pagination. Public: the catalogue is "
                     "what the shop shows every visitor (a token, if sent, must be valid).")
 async def search_products(

@@ -184,7 +184,7 @@ def ok(r: httpx.Response) -> dict:
 
 
 def cache_count(api: httpx.Client, query: str, result: str) -> float:
-    text = api.get("/metrics/").text
+    text = api.get("/metrics").text
     m = re.search(rf'^query_cache_total\{{query="{query}",result="{result}"\}} (\S+)$', text, re.M)
     return float(m.group(1)) if m else 0.0
 
@@ -204,7 +204,7 @@ def test_health_readiness_and_openapi(api: httpx.Client) -> None:
                                                          "sort", "page", "size"}
     assert {"OrderView", "CustomerOrders", "SearchResults", "SalesDay"} <= set(spec["components"]["schemas"])
     ok(api.get("/api/dashboard/sales"))
-    metrics = api.get("/metrics/").text
+    metrics = api.get("/metrics").text
     assert re.search(r'^query_duration_seconds_count\{outcome="200",query="SalesDashboard"\} [1-9]', metrics, re.M)
 
 
