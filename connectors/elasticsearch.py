@@ -51,7 +51,8 @@ def check(settings: Settings) -> ServiceInfo:
     try:
         info = client.info()
     except (TransportError, ApiError) as exc:
-        raise ServiceUnavailable(SERVICE, redact_url(settings.elasticsearch_url), f"{type(exc).__name__}: {exc}") from None
+        address = redact_url(settings.elasticsearch_url)
+        raise ServiceUnavailable(SERVICE, address, f"{type(exc).__name__}: {exc}") from None
     finally:
         client.close()
     return ServiceInfo(SERVICE, redact_url(settings.elasticsearch_url), info["version"]["number"])

@@ -47,8 +47,8 @@ def client_options(settings: Settings, **overrides: Any) -> dict[str, Any]:
             **overrides, **security_options(settings)}
 
 
-def mongo_client(settings: Settings) -> MongoClient:
-    return MongoClient(settings.mongo_url, **client_options(settings))
+def mongo_client(settings: Settings, **overrides: Any) -> MongoClient:
+    return MongoClient(settings.mongo_url, **client_options(settings, **overrides))
 
 
 def async_mongo_client(settings: Settings, **overrides: Any) -> AsyncMongoClient:

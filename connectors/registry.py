@@ -45,5 +45,6 @@ def check(settings: Settings) -> ServiceInfo:
     try:
         subjects = registry_client(settings).get_subjects()
     except Exception as exc:  # httpx transport errors and registry errors alike mean "not usable"
-        raise ServiceUnavailable(SERVICE, redact_url(settings.schema_registry_url), f"{type(exc).__name__}: {exc}") from None
+        address = redact_url(settings.schema_registry_url)
+        raise ServiceUnavailable(SERVICE, address, f"{type(exc).__name__}: {exc}") from None
     return ServiceInfo(SERVICE, redact_url(settings.schema_registry_url), f"{len(subjects)} subject(s)")
