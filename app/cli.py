@@ -5,6 +5,8 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from pydantic import ValidationError
+
 from app.settings import get_settings
 from connectors import ServiceUnavailable
 
@@ -58,8 +60,23 @@ def cmd_setup(args: argparse.Namespace) -> int:
     return 0
 
 
+def verifiable_tokens() -> str | None:
+    """Why the HTTP services could not verify bearer tokens, checked before the server starts."""
+    from app.http.identity import TokenVerifier
+
+    try:
+        TokenVerifier(get_settings())
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
 def cmd_gateway(args: argparse.Namespace) -> int:
     import uvicorn
+
+    if (reason := verifiable_tokens()) is not None:
+        print(f"cqrs gateway: {reason}", file=sys.stderr)
+        return 2
 
     uvicorn.run("app.commands.api:create_app", factory=True, host=args.host, port=args.port,
                 log_level=args.log_level, access_log=False, loop="uvloop", http="httptools")
@@ -68,6 +85,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
 
 def cmd_query_api(args: argparse.Namespace) -> int:
     import uvicorn
+
+    if (reason := verifiable_tokens()) is not None:
+        print(f"cqrs query-api: {reason}", file=sys.stderr)
+        return 2
 
     uvicorn.run("app.queries.api:create_app", factory=True, host=args.host, port=args.port,
                 log_level=args.log_level, access_log=False, loop="uvloop", http="httptools")
@@ -150,6 +171,12 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     return rebuild.main(args, get_settings())
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    from app.operations import tokens
+
+    return tokens.main(args, get_settings())
+
+
 def cmd_schemas(args: argparse.Namespace) -> int:
     from app.operations import schema_gate
 
@@ -169,6 +196,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "dlq": (cmd_dlq, "list dead letters, or replay them to their source topics"),
     "schemas": (cmd_schemas, "check the Avro schemas against the registry's compatibility levels, or register them"),
     "rebuild": (cmd_rebuild, "build a new version of a read model by replaying its topics, then switch reads to it"),
+    "token": (cmd_token, "issue a signed bearer token for local use (roles customer, admin, operator)"),
     "lag": (cmd_lag, "show each projection's consumer lag: offsets and event-time staleness per partition"),
 }
 
@@ -192,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "rebuild":
             from app.operations.rebuild import add_arguments as add_rebuild_arguments
             add_rebuild_arguments(p)
+        if name == "token":
+            from app.operations.tokens import add_arguments as add_token_arguments
+            add_token_arguments(p)
         if name == "lag":
             from app.operations.lag import add_arguments
             add_arguments(p)
@@ -219,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ServiceUnavailable as exc:
         print(f"cqrs {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]).upper()
+        print(f"cqrs {args.command}: {f'setting {where}: ' if where else ''}{first['msg']}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -8,7 +8,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from connectors import redact_url
@@ -82,7 +82,23 @@ class Settings(BaseSettings):
     topic_prefix: str = Field("", max_length=64, pattern=r"^[A-Za-z0-9_.-]*$",
                               description="Prefix of the event topics (isolates benchmarks and test runs).")
 
-    api_tokens: str = Field("dev-token", description="Comma-separated bearer tokens the command gateway accepts.")
+    auth_jwt_secret: SecretStr | None = Field(None, description=(
+        "HS256 key that signs and verifies bearer tokens (local; `cqrs token issue` signs with it). In "
+        "production leave it unset and set AUTH_JWKS_URL."))
+    auth_jwks_url: str | None = Field(None, max_length=2048, description=(
+        "The identity provider's JWKS document: tokens are verified with its RS256/ES256 keys."))
+    auth_issuer: str = Field("cqrs-local", min_length=1, max_length=512, description="Required `iss` claim.")
+    auth_audience: str = Field("cqrs-pipeline", min_length=1, max_length=512, description="Required `aud` claim.")
+    auth_roles_claim: str = Field("roles", min_length=1, max_length=100,
+                                  description="The claim holding the caller's roles (a list of names).")
+    auth_leeway_s: float = Field(10.0, ge=0, le=300, description="Clock skew tolerated on `exp`/`nbf`.")
+    rate_limit_per_s: float = Field(100.0, gt=0, le=1_000_000, description=(
+        "Requests per second each caller (token subject, or client address without a token) may make to "
+        "one API, sustained."))
+    rate_limit_burst: int = Field(200, ge=1, le=10_000_000, description="Requests a caller may make at once.")
+    metrics_public: bool = Field(False, description=(
+        "Serve the HTTP services' /metrics without a token (only where the port is reachable by the "
+        "scraper alone); by default it needs an `operator` or `admin` token."))
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     db_pool_min: int = Field(2, ge=1, le=100)
     db_pool_max: int = Field(20, ge=1, le=200)
@@ -119,9 +135,16 @@ class Settings(BaseSettings):
     worker_restore_stall_s: float = Field(10.0, gt=0, le=3600, description="How long a restore of a worker's "
                                           "tables may read nothing while Kafka answers before the worker restarts.")
 
-    @property
-    def api_token_set(self) -> frozenset[str]:
-        return frozenset(t.strip() for t in self.api_tokens.split(",") if t.strip())
+    @field_validator("auth_jwt_secret", "auth_jwks_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _one_way_to_verify_tokens(self) -> "Settings":
+        if self.auth_jwt_secret is not None and len(self.auth_jwt_secret.get_secret_value()) < 32:
+            raise ValueError("AUTH_JWT_SECRET must be at least 32 characters")
+        return self
 
 
 def local_state_dir() -> Path:

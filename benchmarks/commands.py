@@ -20,7 +20,9 @@ import httpx
 
 from app.operations import processes
 from app.settings import get_settings
-from benchmarks.loadgen import run_load
+from app.http.identity import issue_token
+from benchmarks.loadgen import SHOP_RATE_LIMIT, run_load
+from domain.access import Role
 from connectors import postgres
 
 
@@ -69,12 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     settings = get_settings()
-    token = sorted(settings.api_token_set)[0]
+    token = issue_token(settings, [Role.admin], subject="bench-commands", ttl_s=6 * 3600)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-commands-"))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; gateways: {args.gateways} processes; relay: "
           f"{'inside the gateways' if args.embedded_relay else 'its own process'}; all services on the same machine")
     processes.start("setup", ["setup"], log_dir=log_dir, ready_path=None).proc.wait(120)
-    env = {} if args.embedded_relay else {"OUTBOX_RELAY_ENABLED": "false"}
+    env = {**SHOP_RATE_LIMIT, **({} if args.embedded_relay else {"OUTBOX_RELAY_ENABLED": "false"})}
     gateways = [processes.start(f"gateway-{n}", ["gateway"], port=processes.free_port(), log_dir=log_dir, env=env)
                 for n in range(args.gateways)]
     if not args.embedded_relay:

@@ -25,7 +25,10 @@ import httpx
 
 from app.operations import processes
 from app.settings import Settings, get_settings
+from app.http.identity import issue_token
+from benchmarks.loadgen import SHOP_RATE_LIMIT
 from connectors import kafka, mongo, redis
+from domain.access import Role
 
 REDIS_DB = 2
 
@@ -104,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     base = get_settings()
     redis_url = base.redis_url.rsplit("/", 1)[0] + f"/{REDIS_DB}"
     env = {"TOPIC_PREFIX": prefix, "PROJECTION_GROUP_SUFFIX": suffix, "MONGO_DATABASE": f"bench_ryw_{run}",
-           "REDIS_URL": redis_url, "PROJECTION_START": "earliest"}
+           "REDIS_URL": redis_url, "PROJECTION_START": "earliest", **SHOP_RATE_LIMIT}
     settings = Settings(topic_prefix=prefix, mongo_database=f"bench_ryw_{run}", redis_url=redis_url)
-    token = sorted(base.api_token_set)[0]
+    token = issue_token(base, [Role.admin], subject="bench-ryw", ttl_s=6 * 3600)
     log_dir = Path(tempfile.mkdtemp(prefix="bench-ryw-"))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; gateway, order-views worker and query API on the "
           f"same machine as every server; background {args.background:.0f} orders/s; logs in {log_dir}")
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                                        env=env))
         gateway_url, query_url = started[0].base_url, started[2].base_url
         with httpx.Client(base_url=gateway_url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as gw, \
-                httpx.Client(base_url=query_url, timeout=10) as q:
+                httpx.Client(base_url=query_url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as q:
             customers = [gw.post("/api/customers", json={"name": f"RYW {i}", "email": f"ryw-{run}-{i}@example.com"})
                          .json()["customer_id"] for i in range(6)]
             product = gw.post("/api/products", json={"name": "RYW product", "category": "Bench", "price": "10.00",

@@ -34,3 +34,9 @@ class VersionConflict(DomainError):
     """The client's expected version (If-Match) is not the aggregate's current version (HTTP 412)."""
 
     code = "version_conflict"
+
+
+class Forbidden(DomainError):
+    """The caller is known but may not do this, or not to this customer's data (HTTP 403)."""
+
+    code = "forbidden"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from typing import Annotated
@@ -17,13 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.commands.handlers import CommandContext, CommandHandlers, CommandResult, request_fingerprint
 from app.commands.relay import OutboxRelay
-from app.http.errors import ErrorBody, error_body
+from app.http.errors import ErrorBody
+from app.http.identity import Caller, authenticated, requires
+from app.http.rate_limit import rate_limited
 from app.http.metrics import LATENCY_BUCKETS
 from app.http.service import service_app
 from app.settings import Settings, get_settings
 from connectors import postgres
 from app.operations.setup import prepare_event_codecs
-from domain import consistency
+from domain import access, consistency
+from domain.access import Role
 from domain.errors import InvalidCommand
 
 COMMAND_LATENCY = Histogram("command_duration_seconds", "Command handling time by command and HTTP status",
@@ -114,26 +116,16 @@ def _parse_if_match(value: str | None) -> int | None:
     return int(raw)
 
 
-async def require_token(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
-    tokens = request.app.state.settings.api_token_set
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), t.encode()) for t in tokens):
-        from fastapi import HTTPException
-        raise HTTPException(401, detail=error_body("unauthorized", "a valid bearer token is required",
-                                                   "Authorization"),
-                            headers={"WWW-Authenticate": "Bearer"})
-
-
 async def command_context(
-        request: Request,
+        request: Request, caller: Caller,
         idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
         if_match: Annotated[str | None, Header()] = None,
         x_correlation_id: Annotated[str | None, Header(max_length=200)] = None) -> CommandContext:
     route = request.scope.get("route")
     request_hash = None
     if idempotency_key:
-        request_hash = request_fingerprint(request.method, request.url.path, await request.body())
-    return CommandContext(command=getattr(route, "name", "unknown"), correlation_id=x_correlation_id,
+        request_hash = request_fingerprint(caller.subject, request.method, request.url.path, await request.body())
+    return CommandContext(command=getattr(route, "name", "unknown"), principal=caller, correlation_id=x_correlation_id,
                           idempotency_key=idempotency_key or None, request_hash=request_hash,
                           expected_version=_parse_if_match(if_match))
 
@@ -166,37 +158,49 @@ def declared(description: str) -> dict:
 # Every status a command can answer, in the error shape (clients generated from the document handle them).
 COMMAND_ERRORS = {
     400: declared("The request could not be read (e.g. a body that is not JSON)"),
-    401: declared("No valid bearer token"),
+    401: declared("No bearer token, or one that is malformed, expired, wrongly signed or not for this service"),
+    403: declared("The token's roles do not allow this command, or the order or customer is another "
+                  "customer's"),
     404: declared("The aggregate the command names, or one it refers to, does not exist"),
     409: declared("A business rule refuses the command (e.g. shipping a cancelled order)"),
     412: declared("If-Match names a version the aggregate is no longer at"),
     413: declared("The body is larger than MAX_BODY_BYTES"),
     422: declared("A field has a value no rule accepts (`field` names it), or the Idempotency-Key was "
                   "used for a different request"),
+    429: {**declared("The caller made more requests than RATE_LIMIT_PER_S / RATE_LIMIT_BURST allow"),
+          "headers": {"Retry-After": {"description": "Seconds until a request is admitted again",
+                                      "schema": {"type": "integer"}}}},
 }
-router = APIRouter(prefix="/api", dependencies=[Depends(require_token)], responses=COMMAND_ERRORS)
+router = APIRouter(prefix="/api", dependencies=[Depends(authenticated), Depends(rate_limited)],
+                   responses=COMMAND_ERRORS)
+ADMIN_ONLY = [Depends(requires(*access.CATALOGUE))]
+CUSTOMER_OR_ADMIN = [Depends(requires(Role.customer, Role.admin))]
 ACCEPTED = {"model": Accepted}
 ORDER_ACCEPTED = {"model": Accepted, "headers": {consistency.HEADER: {
     "description": "`order:<id>@<version>`: pass it back to the query API to read this write "
                    "(read-your-writes; several joined by commas)", "schema": {"type": "string"}}}}
 
 
-@router.post("/customers", name="RegisterCustomer", status_code=201, responses={201: ACCEPTED})
+@router.post("/customers", name="RegisterCustomer", status_code=201, responses={201: ACCEPTED},
+             dependencies=[Depends(requires(*access.REGISTRATION))])
 async def register_customer(body: RegisterCustomer, ctx: Ctx, h: Handlers) -> JSONResponse:
     return respond(await h.register_customer(ctx, body.name, body.email))
 
 
-@router.patch("/customers/{customer_id}", name="UpdateCustomer", status_code=202, responses={202: ACCEPTED})
+@router.patch("/customers/{customer_id}", name="UpdateCustomer", status_code=202, responses={202: ACCEPTED},
+              dependencies=CUSTOMER_OR_ADMIN)
 async def update_customer(customer_id: Id, body: UpdateCustomer, ctx: Ctx, h: Handlers) -> JSONResponse:
+    access.require_customer_access(ctx.principal, customer_id)
     return respond(await h.update_customer(ctx, customer_id, body.name, body.email))
 
 
-@router.post("/products", name="CreateProduct", status_code=201, responses={201: ACCEPTED})
+@router.post("/products", name="CreateProduct", status_code=201, responses={201: ACCEPTED}, dependencies=ADMIN_ONLY)
 async def create_product(body: CreateProduct, ctx: Ctx, h: Handlers) -> JSONResponse:
     return respond(await h.create_product(ctx, **body.model_dump()))
 
 
-@router.patch("/products/{product_id}", name="UpdateProduct", status_code=202, responses={202: ACCEPTED})
+@router.patch("/products/{product_id}", name="UpdateProduct", status_code=202, responses={202: ACCEPTED},
+              dependencies=ADMIN_ONLY)
 async def update_product(product_id: Id, body: UpdateProduct, ctx: Ctx, h: Handlers) -> JSONResponse:
     changes = body.model_dump(exclude_unset=True)
     if not changes:
@@ -207,33 +211,39 @@ async def update_product(product_id: Id, body: UpdateProduct, ctx: Ctx, h: Handl
     return respond(await h.update_product(ctx, product_id, **changes))
 
 
-@router.post("/orders", name="CreateOrder", status_code=201, responses={201: ORDER_ACCEPTED})
+@router.post("/orders", name="CreateOrder", status_code=201, responses={201: ORDER_ACCEPTED},
+             dependencies=CUSTOMER_OR_ADMIN)
 async def create_order(body: CreateOrder, ctx: Ctx, h: Handlers) -> JSONResponse:
+    access.require_customer_access(ctx.principal, body.customer_id)
     return respond(await h.create_order(ctx, body.customer_id, [(i.product_id, i.quantity) for i in body.items]))
 
 
-@router.post("/orders/{order_id}/items", name="AddItem", status_code=202, responses={202: ORDER_ACCEPTED})
+@router.post("/orders/{order_id}/items", name="AddItem", status_code=202, responses={202: ORDER_ACCEPTED},
+             dependencies=CUSTOMER_OR_ADMIN)
 async def add_item(order_id: Id, body: AddItem, ctx: Ctx, h: Handlers) -> JSONResponse:
     return respond(await h.add_item(ctx, order_id, body.product_id, body.quantity))
 
 
 @router.delete("/orders/{order_id}/items/{product_id}", name="RemoveItem", status_code=202,
-               responses={202: ORDER_ACCEPTED})
+               responses={202: ORDER_ACCEPTED}, dependencies=CUSTOMER_OR_ADMIN)
 async def remove_item(order_id: Id, product_id: Id, ctx: Ctx, h: Handlers) -> JSONResponse:
     return respond(await h.remove_item(ctx, order_id, product_id))
 
 
-@router.post("/orders/{order_id}/cancel", name="CancelOrder", status_code=202, responses={202: ORDER_ACCEPTED})
+@router.post("/orders/{order_id}/cancel", name="CancelOrder", status_code=202, responses={202: ORDER_ACCEPTED},
+             dependencies=CUSTOMER_OR_ADMIN)
 async def cancel_order(order_id: Id, ctx: Ctx, h: Handlers, body: CancelOrder | None = None) -> JSONResponse:
     return respond(await h.cancel_order(ctx, order_id, body.reason if body else None))
 
 
-@router.post("/orders/{order_id}/ship", name="ShipOrder", status_code=202, responses={202: ORDER_ACCEPTED})
+@router.post("/orders/{order_id}/ship", name="ShipOrder", status_code=202, responses={202: ORDER_ACCEPTED},
+             dependencies=[Depends(requires(*access.FULFILMENT))])
 async def ship_order(order_id: Id, ctx: Ctx, h: Handlers, body: ShipOrder | None = None) -> JSONResponse:
     return respond(await h.ship_order(ctx, order_id, body.tracking_number if body else None))
 
 
-@router.post("/orders/{order_id}/deliver", name="DeliverOrder", status_code=202, responses={202: ORDER_ACCEPTED})
+@router.post("/orders/{order_id}/deliver", name="DeliverOrder", status_code=202, responses={202: ORDER_ACCEPTED},
+             dependencies=[Depends(requires(*access.FULFILMENT))])
 async def deliver_order(order_id: Id, ctx: Ctx, h: Handlers) -> JSONResponse:
     return respond(await h.deliver_order(ctx, order_id))
 

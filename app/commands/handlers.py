@@ -19,7 +19,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from app.commands import store
-from domain import customers, orders, products
+from domain import access, customers, orders, products
+from domain.access import Principal
 from domain.errors import InvalidCommand, NotFound, RuleViolation, VersionConflict
 from domain.events import DomainEvent
 from schemas.codec import EventCodec
@@ -30,6 +31,7 @@ class CommandContext:
     """Per-request metadata: tracing ids, the optional idempotency key and expected version (If-Match)."""
 
     command: str
+    principal: Principal
     command_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     correlation_id: str | None = None
     idempotency_key: str | None = None
@@ -48,8 +50,11 @@ Decided = tuple[CommandResult, list[DomainEvent], list[store.Write]]
 """What a command decided: the response, the events, and the writes that persist it."""
 
 
-def request_fingerprint(method: str, path: str, body: bytes) -> str:
-    return hashlib.sha256(method.encode() + b" " + path.encode() + b"\n" + body).hexdigest()
+def request_fingerprint(subject: str, method: str, path: str, body: bytes) -> str:
+    """Who sent what: the same Idempotency-Key from another caller is a different request (never a replay
+    of someone else's answer)."""
+    return hashlib.sha256(subject.encode() + b"\n" + method.encode() + b" " + path.encode() + b"\n" + body
+                          ).hexdigest()
 
 
 def _check_version(ctx: CommandContext, current: int, what: str) -> None:
@@ -178,6 +183,7 @@ class CommandHandlers:
             order = await store.load_order(conn, order_id)
             if order is None:
                 raise NotFound(f"order {order_id} does not exist", code="order_not_found")
+            access.require_customer_access(ctx.principal, order.customer_id)
             _check_version(ctx, order.version, f"order {order_id}")
             decision = await decide_on(conn, order)
             return _accepted(202, "order_id", order_id, decision.order.version,

@@ -7,9 +7,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from domain.errors import DomainError, InvalidCommand, NotFound, RuleViolation, VersionConflict
+from domain.errors import DomainError, Forbidden, InvalidCommand, NotFound, RuleViolation, VersionConflict
 
-STATUS = {InvalidCommand: 422, NotFound: 404, RuleViolation: 409, VersionConflict: 412}
+STATUS = {InvalidCommand: 422, NotFound: 404, RuleViolation: 409, VersionConflict: 412, Forbidden: 403}
 
 
 class ErrorBody(BaseModel):

@@ -1,27 +1,54 @@
-"""The frame both HTTP services share: error shape, body limit, latency metrics, /healthz, /metrics."""
+"""The frame both HTTP services share: error shape, body limit, latency metrics, identity, rate limits,
+/healthz and /metrics."""
 from __future__ import annotations
 
-from fastapi import FastAPI
-from prometheus_client import Histogram, make_asgi_app
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import Depends, FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
 from app.http.errors import install_error_handlers
+from app.http.identity import TokenVerifier, requires
 from app.http.limits import BodySizeLimit
 from app.http.metrics import RouteLatency
+from app.http.rate_limit import RateLimiter
 from app.settings import Settings
+from connectors.redis import async_redis_client
+from domain.access import OPERATIONS
 
 
 def service_app(*, title: str, description: str, lifespan, settings: Settings, latency: Histogram,
                 label: str) -> FastAPI:
-    """A FastAPI app with the shared plumbing; the caller adds its routes and /readyz."""
-    app = FastAPI(title=title, version="0.1.0", lifespan=lifespan, description=description)
+    """A FastAPI app with the shared plumbing; the caller adds its routes and /readyz. Token verification
+    is set up here, so a service without a way to verify tokens refuses to start."""
+    verifier = TokenVerifier(settings)
+
+    @contextlib.asynccontextmanager
+    async def framed(app: FastAPI) -> AsyncIterator[None]:
+        limits = async_redis_client(settings)
+        app.state.rate_limiter = RateLimiter(limits, label, settings.rate_limit_per_s, settings.rate_limit_burst)
+        try:
+            async with lifespan(app):
+                yield
+        finally:
+            await limits.aclose()
+
+    app = FastAPI(title=title, version="0.1.0", lifespan=framed, description=description)
     app.state.settings = settings
+    app.state.verifier = verifier
     install_error_handlers(app)
 
     @app.get("/healthz", name="healthz", include_in_schema=False)
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    app.mount("/metrics", make_asgi_app())
+    guard = [] if settings.metrics_public else [Depends(requires(*OPERATIONS))]
+
+    @app.get("/metrics", name="metrics", include_in_schema=False, dependencies=guard)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     app.add_middleware(RouteLatency, histogram=latency, label=label)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -13,10 +13,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from app.http.errors import error_body
+from app.http.identity import requires
+from app.http.rate_limit import rate_limited
 from app.operations.lag import LagError
 from agents.projections import PROJECTIONS
 from app.operations.dashboard_data import (  # noqa: F401  (re-exported: the dashboard's data model)
@@ -25,6 +27,7 @@ from app.operations.dashboard_data import (  # noqa: F401  (re-exported: the das
     tally_headers, throughput)
 from app.operations.dashboard_page import CHARTS, METRICS, render_card, render_page  # noqa: F401
 from connectors import ServiceUnavailable, kafka
+from domain import access
 
 DEFAULT_REFRESH_S = 2
 
@@ -42,6 +45,7 @@ def monitor(request: Request) -> PipelineMonitor:
 # ---- routes ---------------------------------------------------------------------------------------
 
 @router.get("/api/ops/pipeline", name="PipelineStatus", include_in_schema=False,
+            dependencies=[Depends(requires(*access.OPERATIONS)), Depends(rate_limited)],
             summary="Per projection offsets, lag and throughput; dead letters; rebuilds in progress")
 async def pipeline_status(request: Request) -> Response:
     try:

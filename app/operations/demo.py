@@ -23,6 +23,8 @@ from app.operations import processes
 from app.operations.lag import LagReader, totals
 from agents.projections import PROJECTIONS
 from app.settings import Settings
+from app.http.identity import issue_token
+from domain.access import Role
 from domain import consistency
 from app.operations.setup import setup_all
 
@@ -32,6 +34,9 @@ GROUP_READ_TIMEOUT_S = 10.0
 SHOWN_CHARS = 1200
 
 
+TOKEN_TTL_S = 3600
+
+
 class DemoFailed(RuntimeError):
     """A step of the story did not do what a user would expect."""
 
@@ -39,16 +44,30 @@ class DemoFailed(RuntimeError):
 class Story:
     """HTTP calls of the story, printed the way a user would read them."""
 
-    def __init__(self, gateway: str, query_api: str, token: str, out: Callable[[str], None]) -> None:
-        self.commands = httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {token}"}, timeout=15)
+    def __init__(self, gateway: str, query_api: str, settings: Settings, out: Callable[[str], None]) -> None:
+        self.commands = httpx.Client(base_url=gateway, timeout=15)
         self.queries = httpx.Client(base_url=query_api, timeout=15)
+        self.settings = settings
+        self.tokens = {"admin": self.issue(Role.admin, "demo-admin"), "operator": self.issue(Role.operator, "demo-ops")}
+        self.caller = "admin"
         self.out = out
         self.delays: list[tuple[str, float]] = []
         self.last_token: str | None = None
 
+    def issue(self, role: Role, subject: str, customer_id: str | None = None) -> str:
+        """What `cqrs token issue --role ROLE [--customer-id ID]` prints."""
+        return issue_token(self.settings, [role], subject=subject, customer_id=customer_id, ttl_s=TOKEN_TTL_S)
+
+    def act_as(self, caller: str, token: str | None = None) -> None:
+        if token is not None:
+            self.tokens[caller] = token
+        self.caller = caller
+        self.out(f"\n   (as {caller}: Authorization: Bearer <token of `cqrs token issue`>)")
+
     def call(self, client: httpx.Client, method: str, path: str, *, expect: int, show: bool = True,
              **kwargs: Any) -> dict[str, Any]:
-        response = client.request(method, path, **kwargs)
+        auth = {"Authorization": f"Bearer {self.tokens[self.caller]}"}
+        response = client.request(method, path, **{**kwargs, "headers": {**auth, **(kwargs.get("headers") or {})}})
         self.last_token = response.headers.get(consistency.HEADER)
         if show:
             target = path + (f"?{httpx.QueryParams(kwargs['params'])}" if kwargs.get("params") else "")
@@ -111,9 +130,10 @@ def play(story: Story, run: str) -> dict[str, Any]:
                         lambda b: headphones in {r["product_id"] for r in b["results"]},
                         **search)
 
-    out("\n== 3. The customer registers and places an order (command side)")
+    out("\n== 3. The customer signs up (the sign-up service registers them as an admin) and places an order")
     customer = story.command("POST", "/api/customers", {"name": "Ada Lovelace",
                                                         "email": f"ada.{run}@example.com"})["customer_id"]
+    story.act_as("customer", story.issue(Role.customer, f"customer:{customer}", customer))
     order = story.command("POST", "/api/orders", {"customer_id": customer, "items": [
         {"product_id": headphones, "quantity": 1}, {"product_id": cable, "quantity": 2}]})["order_id"]
     placed = time.perf_counter()
@@ -125,8 +145,12 @@ def play(story: Story, run: str) -> dict[str, Any]:
         raise DemoFailed(f"the history read with the order's token does not list {order}: {_dumps(history)}")
     story.delays.append(("history with the order's token", time.perf_counter() - placed))
     story.until_visible("order view", placed, f"/api/orders/{order}", lambda b: b.get("freshness") == "current")
+    out("\n   Another customer's token may not read it:")
+    story.act_as("another customer", story.issue(Role.customer, "customer:someone-else", "someone-else"))
+    story.call(story.queries, "GET", f"/api/orders/{order}", expect=403)
 
-    out("\n== 4. The warehouse ships it")
+    out("\n== 4. The warehouse (an admin) ships it")
+    story.act_as("admin")
     story.command("POST", f"/api/orders/{order}/ship", {"tracking_number": f"TRK-{run}"}, expect=202)
     shipped = time.perf_counter()
     story.until_visible("shipment", shipped, f"/api/orders/{order}",
@@ -138,10 +162,12 @@ def play(story: Story, run: str) -> dict[str, Any]:
                                       for r in b["results"]), **search)
 
     out("\n== 6. The customer views their order history")
+    story.act_as("customer")
     story.until_visible("order history", placed, f"/api/customers/{customer}/orders",
                         lambda b: any(o["order_id"] == order and o["status"] == "shipped" for o in b["orders"]))
 
-    out("\n== 7. The live sales dashboard")
+    out("\n== 7. The live sales dashboard (an operator)")
+    story.act_as("operator")
     dashboard = story.call(story.queries, "GET", "/api/dashboard/sales", expect=200)
     return {"customer": customer, "order": order, "products": [headphones, earbuds, cable], "dashboard": dashboard}
 
@@ -225,9 +251,8 @@ def run_demo(settings: Settings, out: Callable[[str], None] = print, serve: bool
     for what, result in setup_all(settings).items():
         out(f"  {what}: {result}")
     log_dir = Path(tempfile.gettempdir()) / f"cqrs-demo-{run}"
-    token = settings.api_tokens.split(",")[0].strip()
     with pipeline(settings, log_dir, out) as (gateway, query_api):
-        story = Story(gateway, query_api, token, out)
+        story = Story(gateway, query_api, settings, out)
         try:
             result = play(story, run)
         finally:
@@ -235,7 +260,9 @@ def run_demo(settings: Settings, out: Callable[[str], None] = print, serve: bool
         out("\n== Command -> visible on the query side")
         for what, delay in story.delays:
             out(f"  {what:<20} {delay * 1000:8.0f} ms")
-        out(f"\nsales dashboard: {query_api}/api/dashboard/sales    API docs: {query_api}/docs, {gateway}/docs")
+        out(f"\nsales dashboard: {query_api}/api/dashboard/sales (an operator's or admin's token)    "
+            f"operations page: {query_api}/dashboard#token=<`cqrs token issue --role operator`>    "
+            f"API docs: {query_api}/docs, {gateway}/docs")
         if serve:
             out("serving until Ctrl-C")
             try:

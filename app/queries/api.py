@@ -20,7 +20,7 @@ from typing import Annotated
 
 import psycopg
 from elasticsearch import ApiError, NotFoundError, TransportError
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import Histogram
 from psycopg_pool import PoolTimeout
@@ -28,6 +28,8 @@ from pymongo.errors import PyMongoError
 from redis.exceptions import RedisError
 
 from app.http.errors import error_body
+from app.http.identity import requires
+from app.http.rate_limit import rate_limited
 from app.http.metrics import LATENCY_BUCKETS
 from app.http.service import service_app
 from app.operations import dashboard
@@ -35,11 +37,12 @@ from app.queries import order_routes, reads
 from app.queries.answers import PageNo, PageSize, RequestDeadline, dumps, freshness_reader, json_response
 from app.queries.freshness import FreshnessReader
 from app.queries.heads import HeadsFollower
-from app.queries.models import ERRORS, SalesDay, SearchResults, Sort
+from app.queries.models import ERRORS, PROTECTED, SalesDay, SearchResults, Sort
 from app.queries.own_writes import Announcements
 from app.queries.stores import StoreUnavailable, Stores, stores
 from app.settings import Settings, get_settings
 from connectors import postgres
+from domain import access
 from domain.errors import InvalidCommand
 from domain.read_models import sales_day_key
 
@@ -49,11 +52,12 @@ QUERY_LATENCY = Histogram("query_duration_seconds", "Query handling time by quer
                           ["query", "outcome"], buckets=LATENCY_BUCKETS)
 
 DAY_PATTERN = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-router = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", dependencies=[Depends(rate_limited)])
 
 
 @router.get("/products/search", name="SearchProducts", response_model=SearchResults, responses=ERRORS,
-            summary="Full-text product search with filters, sorting and pagination")
+            summary="Full-text product search with filters, sorting and pagination. Public: the catalogue is "
+                    "what the shop shows every visitor (a token, if sent, must be valid).")
 async def search_products(
         request: Request, deadline: RequestDeadline,
         q: Annotated[str | None, Query(max_length=200, description="Words to find in name, tags, description")] = None,
@@ -83,8 +87,9 @@ async def search_products(
     return json_response(dumps({**reads.search_body(found.body, page, size), **freshness.fields()}))
 
 
-@router.get("/dashboard/sales", name="SalesDashboard", response_model=SalesDay, responses=ERRORS,
-            summary="A day's orders and revenue, in total and per UTC hour")
+@router.get("/dashboard/sales", name="SalesDashboard", response_model=SalesDay, responses=PROTECTED,
+            dependencies=[Depends(requires(*access.DASHBOARDS))],
+            summary="A day's orders and revenue, in total and per UTC hour. Admins and operators.")
 async def sales_dashboard(
         request: Request, deadline: RequestDeadline,
         day: Annotated[str | None, Query(description="YYYY-MM-DD (UTC); today if omitted")] = None) -> Response:

@@ -123,6 +123,16 @@ class Sort(str, Enum):
     popular = "popular"
 
 
-ERRORS = {422: {"model": Error, "description": "Invalid parameter (`field` names it)"},
-          503: {"model": Error, "description": "A store the query needs is unavailable"}}
+RETRY_AFTER = {"Retry-After": {"description": "Seconds until a retry may succeed", "schema": {"type": "integer"}}}
+ERRORS = {401: {"model": Error, "description": "A bearer token was sent but is malformed, expired, wrongly signed "
+                                              "or not for this service"},
+          422: {"model": Error, "description": "Invalid parameter (`field` names it)"},
+          429: {"model": Error, "headers": RETRY_AFTER,
+                "description": "The caller made more requests than RATE_LIMIT_PER_S / RATE_LIMIT_BURST allow"},
+          503: {"model": Error, "headers": RETRY_AFTER, "description": "A store the query needs is unavailable"}}
+PROTECTED = {**ERRORS,
+             401: {"model": Error, "description": "No bearer token, or one that is malformed, expired, wrongly "
+                                                 "signed or not for this service"},
+             403: {"model": Error, "description": "The token's roles do not allow this read, or the data is "
+                                                 "another customer's"}}
 NOT_FOUND = {404: {"model": Error}}

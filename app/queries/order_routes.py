@@ -11,21 +11,25 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import psycopg
-from fastapi import APIRouter, Header, Query, Request
+import orjson
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import Response
 from psycopg_pool import PoolTimeout
 
 from app.queries import reads, write_model
 from app.queries.answers import (CustomerId, OrderId, PageNo, PageSize, RequestDeadline, announcements, dumps,
                                  freshness_reader, json_response, read_through, with_freshness)
-from app.queries.models import ERRORS, NOT_FOUND, CustomerOrders, OrderView
+from app.http.identity import Caller, requires
+from app.http.rate_limit import rate_limited
+from app.queries.models import NOT_FOUND, PROTECTED, CustomerOrders, OrderView
 from app.queries.own_writes import MAX_WAIT_MS, until_reflected
 from app.queries.stores import Deadline, StoreUnavailable, Stores, stores
-from domain import consistency
+from domain import access, consistency
+from domain.access import Role
 from domain.errors import NotFound
 from domain.freshness import WRITE_MODEL, Freshness, State
 
-router = APIRouter(prefix="/api")
+router = APIRouter(prefix="/api", dependencies=[Depends(rate_limited)])
 WRITE_MODEL_UNAVAILABLE = (psycopg.Error, PoolTimeout, StoreUnavailable)
 ANSWER_MARGIN_S = 0.5  # of the request's budget, kept for answering from the write model after a wait
 
@@ -58,11 +62,23 @@ async def from_write_model(s: Stores, deadline: Deadline, order_id: str) -> Resp
     return json_response(dumps({**reads.snapshot_body(snapshot), **WRITE_MODEL.fields()}), cache="bypass")
 
 
-@router.get("/orders/{order_id}", name="GetOrder", response_model=OrderView, responses={**NOT_FOUND, **ERRORS},
+CUSTOMER_OR_ADMIN = [Depends(requires(Role.customer, Role.admin))]
+
+
+@router.get("/orders/{order_id}", name="GetOrder", response_model=OrderView, responses={**NOT_FOUND, **PROTECTED},
+            dependencies=CUSTOMER_OR_ADMIN,
             summary="One order, from its view or, while the view lags more than FRESHNESS_MAX_LAG_S (or does not "
-                    "reflect the version asked for in time), from the write model")
-async def get_order(order_id: OrderId, request: Request, deadline: RequestDeadline, min_version: MinVersion = None,
-                    wait_ms: WaitMs = 1000, token: Token = None) -> Response:
+                    "reflect the version asked for in time), from the write model. Its customer or an admin.")
+async def get_order(order_id: OrderId, request: Request, deadline: RequestDeadline, caller: Caller,
+                    min_version: MinVersion = None, wait_ms: WaitMs = 1000, token: Token = None) -> Response:
+    answer = await order_answer(order_id, request, deadline, min_version, wait_ms, token)
+    if not caller.has(Role.admin):  # whose order it is shows only once it is read, from whichever source
+        access.require_customer_access(caller, orjson.loads(answer.body)["customer_id"])
+    return answer
+
+
+async def order_answer(order_id: str, request: Request, deadline: Deadline, min_version: int | None, wait_ms: int,
+                       token: str | None) -> Response:
     s, reader = stores(request), freshness_reader(request)
     wanted = max(min_version or 0, consistency.parse_token(token).get(order_id, 0))
     freshness = await reader.of_order(s, deadline, order_id)  # before the read: the view is at least this new
@@ -99,9 +115,12 @@ async def get_order(order_id: OrderId, request: Request, deadline: RequestDeadli
 
 
 @router.get("/customers/{customer_id}/orders", name="CustomerOrders", response_model=CustomerOrders,
-            responses={**NOT_FOUND, **ERRORS}, summary="A customer's orders, newest first, paginated")
-async def customer_orders(customer_id: CustomerId, request: Request, deadline: RequestDeadline, page: PageNo = 1,
-                          size: PageSize = 20, wait_ms: WaitMs = 1000, token: Token = None) -> Response:
+            responses={**NOT_FOUND, **PROTECTED}, dependencies=CUSTOMER_OR_ADMIN,
+            summary="A customer's orders, newest first, paginated. The customer or an admin.")
+async def customer_orders(customer_id: CustomerId, request: Request, deadline: RequestDeadline, caller: Caller,
+                          page: PageNo = 1, size: PageSize = 20, wait_ms: WaitMs = 1000,
+                          token: Token = None) -> Response:
+    access.require_customer_access(caller, customer_id)
     s, reader = stores(request), freshness_reader(request)
     wanted = consistency.parse_token(token)  # orders of this customer the page must reflect
 

@@ -17,7 +17,7 @@ PAGE_SIZE = 100
 TIMEOUT_S = 10.0
 
 
-def check_cached_reads(query_url: str, truth: dict, rng: random.Random, sample_orders: int = 0,
+def check_cached_reads(query_url: str, token: str, truth: dict, rng: random.Random, sample_orders: int = 0,
                        sample_customers: int = 0) -> Mismatches:
     """Read a sample (0: all) of orders and customers twice and count the answers that differ from `truth`."""
     found = Mismatches(counts={"cached_orders": 0, "cached_histories": 0})
@@ -25,7 +25,7 @@ def check_cached_reads(query_url: str, truth: dict, rng: random.Random, sample_o
     by_customer: dict[str, list[str]] = defaultdict(list)
     for oid, o in orders.items():
         by_customer[o["customer_id"]].append(oid)
-    with httpx.Client(base_url=query_url, timeout=TIMEOUT_S) as client:
+    with httpx.Client(base_url=query_url, timeout=TIMEOUT_S, headers={"Authorization": f"Bearer {token}"}) as client:
         for oid in _sample(sorted(orders), sample_orders, rng):
             for attempt in ("first", "second"):
                 problem = _order_problem(client, oid, orders[oid], must_hit=attempt == "second")

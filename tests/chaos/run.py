@@ -24,6 +24,8 @@ import httpx
 from app.operations import processes
 from agents.projections import PROJECTIONS, consumer_group
 from app.settings import Settings
+from app.http.identity import issue_token
+from domain.access import Role
 from connectors import postgres
 from connectors import redis as redis_connector
 from tests.chaos.cached_reads import check_cached_reads
@@ -84,7 +86,9 @@ def run_chaos(config: ChaosConfig) -> ChaosResult:
     prefix, suffix = f"{run_id}-", f"-{run_id}"
     stack = StackControl(run_dir)
     guard = Guard.start(run_dir)
-    apps = Processes({RUN_ENV: run_id})
+    # One subject sends the traffic of every customer and then reads every order back: its rate limit is the
+    # shop's, not one caller's.
+    apps = Processes({RUN_ENV: run_id, "RATE_LIMIT_PER_S": "10000", "RATE_LIMIT_BURST": "20000"})
     pipeline: Pipeline | None = None
     redis_db: int | None = None
     supervisor: WorkerSupervisor | None = None
@@ -110,7 +114,8 @@ def run_chaos(config: ChaosConfig) -> ChaosResult:
         supervisor.start()
         if not supervisor.wait_ready(WORKERS_READY_S):
             raise RuntimeError(f"workers not ready within {WORKERS_READY_S:.0f}s: {supervisor.readiness()}")
-        token = "dev-token" if "dev-token" in base.api_token_set else sorted(base.api_token_set)[0]
+        # one admin stands for the shop's staff and customers alike: the check compares every order's views
+        token = issue_token(base, [Role.admin], subject=f"chaos-{run_id}", ttl_s=24 * 3600)
         with httpx.Client(base_url=gateway.base_url, headers={"Authorization": f"Bearer {token}"},
                           timeout=15) as client:
             catalogue = seed_catalogue(client, rng, config.customers, config.products)
@@ -134,7 +139,7 @@ def run_chaos(config: ChaosConfig) -> ChaosResult:
         result.final_catch_up_s = progress.wait_caught_up(config.settle_timeout_s)
         if result.final_catch_up_s is None:
             result.final_lag = progress.describe_lag()
-        result.mismatches = _verify(config, pipeline, query.base_url, catalogue.customers, catalogue.products, rng)
+        result.mismatches = _verify(config, pipeline, query.base_url, token, catalogue.customers, catalogue.products, rng)
     except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - reported in the result, cleaned up below
         result.aborted = f"{type(exc).__name__}: {exc}"
         say(f"chaos run aborted: {result.aborted}")
@@ -168,8 +173,8 @@ def _run_plan(config: ChaosConfig, runner: FaultRunner, result: ChaosResult, clo
         result.faults.append(runner.run(spec))
 
 
-def _verify(config: ChaosConfig, pipeline: Pipeline, query_url: str, customers: list[str], products: list[str],
-            rng: random.Random) -> Mismatches:
+def _verify(config: ChaosConfig, pipeline: Pipeline, query_url: str, token: str, customers: list[str],
+            products: list[str], rng: random.Random) -> Mismatches:
     """Read models vs the truth (retried for `upkeep_s` while periodic copies finish), then cached answers."""
     with postgres.connect(pipeline.settings) as conn:
         orders = [r[0] for r in conn.execute("select order_id from orders where customer_id = any(%s)", (customers,))]
@@ -182,7 +187,7 @@ def _verify(config: ChaosConfig, pipeline: Pipeline, query_url: str, customers: 
         time.sleep(1.0)
     say(f"read models compared: {len(orders)} orders, {len(products)} products, {found.total} mismatch(es); "
         "reading answers through the query API")
-    return found.merge(check_cached_reads(query_url, want, rng, config.sample_orders, config.sample_customers))
+    return found.merge(check_cached_reads(query_url, token, want, rng, config.sample_orders, config.sample_customers))
 
 
 def _setup(prefix: str, run_dir: Path) -> None:

@@ -108,7 +108,8 @@ class OpenLoopTraffic:
         in_flight: set[asyncio.Task] = set()
         async with httpx.AsyncClient(base_url=self.gateway_url, headers=headers, timeout=REQUEST_TIMEOUT_S,
                                      limits=limits) as gateway, \
-                httpx.AsyncClient(base_url=self.query_url, timeout=REQUEST_TIMEOUT_S, limits=limits) as query:
+                httpx.AsyncClient(base_url=self.query_url, headers=headers, timeout=REQUEST_TIMEOUT_S,
+                                  limits=limits) as query:
             self._started.set()
             due = self._loop.time()
             total_rate = self.rate * (1 + self.read_share)

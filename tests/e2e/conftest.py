@@ -30,6 +30,8 @@ from app.commands.relay import RELAY_LOCK_KEY
 from agents.read_model_versions import ServingRecord
 from domain.read_models import READ_MODEL_VERSIONS, OrderCollections
 from app.settings import Settings
+from app.http.identity import issue_token
+from domain.access import Role
 from app.operations.setup import prepare_event_codecs
 from connectors import kafka, postgres
 from schemas.codec import EventCodec
@@ -224,9 +226,18 @@ def spawn_query_api(setup_done: None, gateway_logs: Path) -> Iterator:
 
 # ---- HTTP -----------------------------------------------------------------------------------------
 
+TEST_TOKEN_TTL_S = 12 * 3600
+
+
 @pytest.fixture(scope="session")
 def token(settings: Settings) -> str:
-    return "dev-token" if "dev-token" in settings.api_token_set else sorted(settings.api_token_set)[0]
+    """An admin's token: the tests' default caller of both APIs (authorization has its own tests)."""
+    return issue_token(settings, [Role.admin], subject="e2e-admin", ttl_s=TEST_TOKEN_TTL_S)
+
+
+def customer_token(settings: Settings, customer_id: str) -> str:
+    return issue_token(settings, [Role.customer], subject=f"customer:{customer_id}", customer_id=customer_id,
+                       ttl_s=TEST_TOKEN_TTL_S)
 
 
 def make_client(base_url: str, token: str | None) -> httpx.Client:

@@ -5,6 +5,7 @@ listed, and an unreachable Kafka gives 503 and a banner instead of a broken page
 `chromium` package, installed with the local stack's apt helper when missing."""
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -23,10 +24,12 @@ from app.operations import processes
 from agents.projections import PROJECTIONS, consumer_group
 from app.operations.dashboard import DeadLetterTally
 from app.settings import Settings
+from app.http.identity import issue_token
+from domain.access import Role
 from app.operations.setup import prepare_event_codecs
 from connectors import kafka, mongo
 from deploy.local.base import StackError, StackPaths, apt_install
-from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, gateway_spawner,
+from tests.e2e.conftest import (TEST_TOKEN_TTL_S, create_customer, create_order, create_product, deadline, gateway_spawner,
                                 make_client)
 
 INSTALL_TIMEOUT_S = 900.0
@@ -116,8 +119,20 @@ class Dom(HTMLParser):
         return float(text)
 
 
-def dump_dom(chromium: str, url: str, profile: Path, budget_ms: int = 4000) -> Dom:
-    """The DOM after the page's script ran for `budget_ms` of virtual time (network waits do not count)."""
+@functools.lru_cache(maxsize=1)
+def operator_token() -> str:
+    return issue_token(Settings(), [Role.operator], subject="e2e-operator", ttl_s=TEST_TOKEN_TTL_S)
+
+
+def ops_get(base_url: str, path: str = "/api/ops/pipeline") -> httpx.Response:
+    return httpx.get(f"{base_url}{path}", timeout=30, headers={"Authorization": f"Bearer {operator_token()}"})
+
+
+def dump_dom(chromium: str, url: str, profile: Path, budget_ms: int = 4000, signed_in: bool = True) -> Dom:
+    """The DOM after the page's script ran for `budget_ms` of virtual time (network waits do not count),
+    opened as an operator does (the token in the address's fragment) unless `signed_in` is false."""
+    if signed_in:
+        url = f"{url}#token={operator_token()}"
     proc = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                            f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
                           capture_output=True, text=True, timeout=BROWSER_TIMEOUT_S, check=False)
@@ -191,7 +206,7 @@ def drop_database(settings: Settings, database: str) -> None:
 
 
 def pipeline_json(base_url: str) -> dict:
-    r = httpx.get(f"{base_url}/api/ops/pipeline", timeout=30)
+    r = ops_get(base_url)
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -206,7 +221,7 @@ def wait_for(base_url: str, what: str, done, timeout: float) -> dict:
     end = deadline(timeout)
     last: object = None
     while True:
-        r = httpx.get(f"{base_url}/api/ops/pipeline", timeout=30)
+        r = ops_get(base_url)
         assert r.status_code in (200, 503), r.text
         if r.status_code == 200:
             last = by_projection(r.json())
@@ -239,6 +254,16 @@ def test_the_page_is_one_self_contained_document(isolated: dict):
     for bad in ("0", "61", "x"):
         refused = httpx.get(f"{isolated['api'].base_url}/dashboard?refresh={bad}", timeout=10)
         assert refused.status_code == 422 and refused.json()["field"] == "refresh", refused.text
+
+
+def test_without_a_token_the_page_asks_to_sign_in_and_shows_no_numbers(isolated: dict, chromium: str):
+    """The page itself holds no figures (it is served without a token); its data needs an operator."""
+    dom = dump_dom(chromium, f"{isolated['api'].base_url}/dashboard", isolated["profile"], signed_in=False)
+    assert dom.one("body").attrs["data-state"] == "error"
+    assert dom.one(id="banner").text.startswith("Sign in"), dom.one(id="banner").text
+    assert "HTTP 401" in dom.one(id="banner").text
+    cards = dom.find(data_metric="offset_lag")
+    assert cards and not any(NUMBER.fullmatch(e.text.strip()) for e in cards), "figures without a token"
 
 
 def test_the_page_shows_every_projection_with_numbers(isolated: dict, chromium: str):
@@ -347,7 +372,7 @@ def test_unreachable_kafka_answers_503_and_the_page_shows_a_banner(isolated: dic
     api = spawn_query_api(f"{isolated['name']}-nokafka", ready_path="/healthz",
                           KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:9", CONNECT_TIMEOUT_S="2", **isolated["env"])
     started = time.monotonic()
-    r = httpx.get(f"{api.base_url}/api/ops/pipeline", timeout=30)
+    r = ops_get(api.base_url)
     elapsed = time.monotonic() - started
     assert r.status_code == 503, r.text
     body = r.json()

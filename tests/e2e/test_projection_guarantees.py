@@ -147,7 +147,7 @@ def test_answers_say_how_fresh_they_are_while_the_projection_is_stopped(
     api = spawn_query_api("freshness", MONGO_DATABASE=pipeline.settings.mongo_database,
                           ES_PRODUCTS_ALIAS=pipeline.settings.es_products_alias, REDIS_URL=pipeline.env["REDIS_URL"],
                           TOPIC_PREFIX=isolated["prefix"], PROJECTION_GROUP_SUFFIX="-f")
-    q = httpx.Client(base_url=api.base_url, timeout=10)
+    q = make_client(api.base_url, token)
 
     def order_answer(order_id: str, freshness: str) -> dict | None:
         body = q.get(f"/api/orders/{order_id}").json()

@@ -298,7 +298,7 @@ def test_commands_become_visible_through_the_query_api(workers, client, spawn_qu
     product = create_product(client, price="79.99", stock=20, name=f"Wireless Headphones {unique}",
                              category="Electronics", tags=["wireless", "bluetooth", "audio"],
                              description="Noise-cancelling Bluetooth headphones with 20-hour battery")
-    with httpx.Client(base_url=api.base_url, timeout=10) as q:
+    with make_client(api.base_url, token) as q:
         found = wait_until("product in search", lambda: [
             r for r in q.get("/api/products/search", params={"q": f"wireless headphones {unique}",
                                                                "category": "Electronics",

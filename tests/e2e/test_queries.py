@@ -172,8 +172,8 @@ def query_api(spawn_query_api, mongo_db, product_index: str):
 
 
 @pytest.fixture(scope="module")
-def api(query_api) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=query_api.base_url, timeout=15.0) as c:
+def api(query_api, token: str) -> Iterator[httpx.Client]:
+    with make_client(query_api.base_url, token) as c:
         yield c
 
 
@@ -525,10 +525,10 @@ def test_search_filters(api: httpx.Client) -> None:
         ["p04", "p01", "p10"]
 
 
-def test_search_before_any_product_index_exists(spawn_query_api, mongo_db) -> None:
+def test_search_before_any_product_index_exists(spawn_query_api, mongo_db, token: str) -> None:
     missing = spawn_query_api("no-index", MONGO_DATABASE=MONGO_DB, ES_PRODUCTS_ALIAS=f"products-missing-{UID}",
                               TOPIC_PREFIX=TOPIC_PREFIX)
-    with httpx.Client(base_url=missing.base_url, timeout=15.0) as c:
+    with make_client(missing.base_url, token) as c:
         for params in ({}, {"q": "wireless headphones", "sort": "price_asc", "category": "Electronics"}):
             r = c.get("/api/products/search", params=params)
             assert r.status_code == 200, r.text
@@ -536,14 +536,15 @@ def test_search_before_any_product_index_exists(spawn_query_api, mongo_db) -> No
                                                  "freshness": "current", "lag_s": None}
 
 
-def test_a_store_that_is_down_is_503_and_the_others_still_answer(spawn_query_api, mongo_db, redis) -> None:
+def test_a_store_that_is_down_is_503_and_the_others_still_answer(spawn_query_api, mongo_db, redis,
+                                                                 token: str) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     degraded = spawn_query_api("no-es", ready_path="/healthz", MONGO_DATABASE=MONGO_DB, ELASTICSEARCH_URL=dead,
                                ES_PRODUCTS_ALIAS=ALIAS, TOPIC_PREFIX=TOPIC_PREFIX)
     order_id = uid("o")
     mongo_db[ORDER_VIEWS].insert_one(order_view(order_id, "c-1"))
     try:
-        with httpx.Client(base_url=degraded.base_url, timeout=15.0) as c:
+        with make_client(degraded.base_url, token) as c:
             r = c.get("/readyz")
             assert r.status_code == 503, r.text
             assert r.json()["status"] == "unavailable" and r.json()["reason"].startswith("elasticsearch")

@@ -103,7 +103,7 @@ def net() -> Iterator[Faults]:
 
 
 @pytest.fixture
-def query_api(spawn_query_api, seeded: None) -> Iterator:
+def query_api(spawn_query_api, seeded: None, token: str) -> Iterator:
     """query_api(**env) -> an httpx client of a fresh query API (budget QUERY_TIMEOUT_S) with these overrides."""
     started: list[tuple[Any, httpx.Client]] = []
 
@@ -111,7 +111,7 @@ def query_api(spawn_query_api, seeded: None) -> Iterator:
         app = spawn_query_api(f"deadlines-{uuid.uuid4().hex[:6]}", ready_path="/healthz", MONGO_DATABASE=MONGO_DB,
                               ES_PRODUCTS_ALIAS=ALIAS, QUERY_TIMEOUT_S=str(QUERY_TIMEOUT_S),
                               **{"TOPIC_PREFIX": TOPIC_PREFIX, **env})
-        client = httpx.Client(base_url=app.base_url, timeout=30.0)
+        client = httpx.Client(base_url=app.base_url, timeout=30.0, headers={"Authorization": f"Bearer {token}"})
         started.append((app, client))
         return client
 

@@ -45,7 +45,7 @@ def test_a_read_with_the_command_token_shows_the_new_state_every_time(isolated, 
                           ES_PRODUCTS_ALIAS=pipeline.settings.es_products_alias, REDIS_URL=pipeline.env["REDIS_URL"],
                           TOPIC_PREFIX=isolated["prefix"], PROJECTION_GROUP_SUFFIX="-ryw")
     client = make_client(isolated["gateway"].url, token)
-    q = httpx.Client(base_url=api.base_url, timeout=10)
+    q = make_client(api.base_url, token)
     product = create_product(client, price="10.00", stock=1_000_000)
     others = [create_customer(client) for _ in range(5)]
     background = [BackgroundOrders(make_client(isolated["gateway"].url, token), others, product, BACKGROUND_PER_S / 2)

@@ -70,10 +70,10 @@ class Traffic(threading.Thread):
     """Orders placed through the gateway and read back through the query API, continuously until
     stopped: every read must answer 200, from the view or (while the projection lags) the write model."""
 
-    def __init__(self, client: httpx.Client, made: dict, query_url: str) -> None:
+    def __init__(self, client: httpx.Client, made: dict, query_url: str, token: str) -> None:
         super().__init__(daemon=True)
         self.client, self.made = client, made
-        self.query = httpx.Client(base_url=query_url, timeout=10)
+        self.query = make_client(query_url, token)
         self.stop_flag = threading.Event()
         self.failures: list[str] = []
         self.reads: dict[str, int] = {}
@@ -111,7 +111,7 @@ def test_order_views_rebuild_switches_reads_and_live_writes_under_traffic(pipeli
                           ES_PRODUCTS_ALIAS=pipeline.settings.es_products_alias, REDIS_URL=pipeline.env["REDIS_URL"],
                           TOPIC_PREFIX=isolated["prefix"], PROJECTION_GROUP_SUFFIX="-live")
     client = make_client(isolated["gateway"].url, token)
-    traffic = Traffic(client, isolated["made"], api.base_url)
+    traffic = Traffic(client, isolated["made"], api.base_url, token)
     traffic.start()
     try:
         done = cqrs_rebuild(pipeline, "order-views", "--grace-s", "2", "--batch", "50", "--checkpoint-s", "0.2")
@@ -137,7 +137,7 @@ def test_order_views_rebuild_switches_reads_and_live_writes_under_traffic(pipeli
     pipeline.wait_caught_up("live")
     check_against_truth(pipeline, truth(settings, isolated["made"]))
 
-    with httpx.Client(base_url=api.base_url, timeout=10) as q:
+    with make_client(api.base_url, token) as q:
         body = wait_until("the query API serving the new order from version 2",
                           lambda: (b := q.get(f"/api/orders/{after}").json()).get("freshness") == "current" and b)
         assert (body["total"], body["last_seq"]) == ("37.50", 1)
@@ -285,7 +285,7 @@ def test_sales_stats_rebuild_switches_counters_stats_and_purchase_counts(pipelin
         es.close()
     api = spawn_query_api("rebuild-sales", MONGO_DATABASE=pipeline.settings.mongo_database,
                           ES_PRODUCTS_ALIAS=pipeline.settings.es_products_alias, REDIS_URL=pipeline.env["REDIS_URL"])
-    body = httpx.get(f"{api.base_url}/api/dashboard/sales", timeout=10).json()
+    body = make_client(api.base_url, token).get("/api/dashboard/sales").json()
     assert (body["orders"], body["revenue"]) == (want["sales"][0], f"{Decimal(want['sales'][1]).scaleb(-2):.2f}")
 
 
