@@ -10,8 +10,12 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import faust
 from faust.transport.drivers import aiokafka
 from faust.types import TP
+from faust.types.auth import CredentialsT
+
+from connectors import kafka, secret
 
 SCHEME = "guarded"
 
@@ -45,6 +49,21 @@ class GuardedConsumer(aiokafka.Consumer):
 
 class Transport(aiokafka.Transport):
     Consumer = GuardedConsumer
+
+
+def broker_credentials(settings: kafka.Settings) -> CredentialsT | None:
+    """Faust's `broker_credentials` from the Kafka settings, so the workers' consumers and producers
+    (this transport is Faust's aiokafka driver) use the same TLS and SASL as the confluent-kafka clients:
+    SASL (over TLS for SASL_SSL), TLS alone for SSL, None (plaintext) otherwise."""
+    protocol = settings.kafka_security_protocol
+    if protocol.startswith("SASL_"):
+        return faust.SASLCredentials(username=settings.kafka_sasl_username,
+                                     password=secret(settings.kafka_sasl_password),
+                                     mechanism=settings.kafka_sasl_mechanism or "PLAIN",
+                                     ssl_context=kafka.ssl_context(settings))
+    if protocol == "SSL":
+        return faust.SSLCredentials(kafka.ssl_context(settings))
+    return None
 
 
 def broker_urls(bootstrap_servers: str) -> list[str]:

@@ -16,8 +16,6 @@ from typing import Any, NamedTuple, Protocol
 import faust
 import psycopg_pool
 from faust.types import TP
-from elasticsearch import AsyncElasticsearch
-from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from agents import commit_guard, dead_letters, transport
@@ -77,14 +75,14 @@ async def build_projection(name: str, settings: Settings) -> BuiltProjection:
     timeout_ms = int(settings.connect_timeout_s * 1000)
     # pymongo bounds every read itself (socketTimeoutMS) well within the engine's attempt bound, so an
     # attempt is never cancelled inside the async driver (which can leave its topology lock broken).
-    mongo = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
-                             socketTimeoutMS=30_000, retryWrites=False, tz_aware=True)
-    db = mongo[settings.mongo_database]
+    client = mongo.async_mongo_client(settings, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+                                      socketTimeoutMS=30_000)
+    db = client[settings.mongo_database]
     redis = redis_connector.async_redis_client(settings)
-    closers = [mongo.close, redis.aclose]
+    closers = [client.close, redis.aclose]
     if name == "order-views":
-        pool = psycopg_pool.AsyncConnectionPool(settings.write_db_url, min_size=1, max_size=4, open=False,
-                                                kwargs={"connect_timeout": int(settings.connect_timeout_s)})
+        pool = psycopg_pool.AsyncConnectionPool(postgres.conninfo(settings), min_size=1, max_size=4, open=False,
+                                                kwargs={"connect_timeout": postgres.connect_timeout(settings)})
         await pool.open(wait=True, timeout=settings.connect_timeout_s * 3)
         closers.append(pool.close)
         serving = await current(db[READ_MODEL_VERSIONS], name)
@@ -92,8 +90,7 @@ async def build_projection(name: str, settings: Settings) -> BuiltProjection:
         return BuiltProjection(OrderViews(db, pool, redis), closers, db, redis)
     # The worker's retry policy decides how long to wait for the search cluster; the client's own node
     # back-off (up to 30 s by default) would hold writes back long after the cluster is back.
-    es = AsyncElasticsearch(settings.elasticsearch_url, request_timeout=30, max_retries=1,
-                            max_dead_node_backoff=1.0)
+    es = elasticsearch.async_es_client(settings, request_timeout=30, max_retries=1, max_dead_node_backoff=1.0)
     closers.append(es.close)
     alias = settings.es_products_alias
     await ensure_products_index(es, alias)
@@ -178,6 +175,7 @@ def faust_app(name: str, settings: Settings) -> faust.App:
     return faust.App(
         consumer_group(name, settings.projection_group_suffix),
         broker=transport.broker_urls(settings.kafka_bootstrap_servers),
+        broker_credentials=transport.broker_credentials(settings),
         store="memory://",
         datadir=f"{settings.worker_data_dir}/{{conf.id}}",
         web_enabled=False,

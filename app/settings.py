@@ -1,14 +1,17 @@
 """The one settings object, read from the environment; defaults point at the local stack."""
 from __future__ import annotations
 
+import os
 import tempfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from collections.abc import Iterator
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connectors import redact_url
 from domain.read_models import PRODUCTS_ALIAS
 
 
@@ -19,11 +22,59 @@ class Settings(BaseSettings):
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     schema_registry_url: str = "http://127.0.0.1:8081/apis/ccompat/v7"
-    write_db_url: str = "postgresql://cqrs:cqrs@127.0.0.1:5432/cqrs"
+    write_db_url: str = "postgresql://cqrs@127.0.0.1:5432/cqrs"  # password: write_db_password
     mongo_url: str = "mongodb://127.0.0.1:27017/"
     mongo_database: str = "cqrs_read"
     elasticsearch_url: str = "http://127.0.0.1:9200"
     redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # ---- connection security: TLS and credentials of every connection (secrets: SecretStr, read from
+    # the environment or from files in the secrets dir, see get_settings) ----
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = Field(None, description="CA bundle for the brokers (else the system's).")
+    kafka_ssl_certfile: str | None = Field(None, description="Client certificate (mutual TLS).")
+    kafka_ssl_keyfile: str | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    schema_registry_username: str | None = None
+    schema_registry_password: SecretStr | None = None
+    schema_registry_ca_file: str | None = None
+    write_db_password: SecretStr | None = Field(None, description="Overrides any password in WRITE_DB_URL.")
+    write_db_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = None
+    write_db_sslrootcert: str | None = None
+    mongo_username: str | None = None
+    mongo_password: SecretStr | None = None
+    mongo_tls: bool = False
+    mongo_tls_ca_file: str | None = None
+    elasticsearch_api_key: SecretStr | None = None
+    elasticsearch_username: str | None = None
+    elasticsearch_password: SecretStr | None = None
+    elasticsearch_ca_certs: str | None = None
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_tls: bool = False
+    redis_ca_file: str | None = None
+
+    def __init__(self, **values: Any) -> None:
+        # Every Settings() reads the secrets dir, not only get_settings(): tools, benchmarks and tests that
+        # build their own Settings(...) reach the same authenticated services. An explicit _secrets_dir wins.
+        values.setdefault("_secrets_dir", secrets_dir())
+        super().__init__(**values)
+
+    @model_validator(mode="after")
+    def _credentials_are_consistent(self) -> Settings:
+        """Refuse settings that would silently connect without the credentials or TLS they name."""
+        problem = _credential_problem(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A password written into a URL (older deployments) must not reach logs through repr/str.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name and name.endswith("_url") and isinstance(value, str) else value
 
     connect_timeout_s: float = Field(3.0, gt=0, le=60, description="Fail-fast bound for reaching any service.")
     topic_partitions: int = Field(6, ge=1, le=1024)
@@ -96,6 +147,61 @@ class Settings(BaseSettings):
         return self
 
 
+def local_state_dir() -> Path:
+    """The local stack's state dir. The same rule as deploy/local/base.py StackPaths.from_env, duplicated on
+    purpose: the stack scripts run without the virtualenv and cannot import app/ (a unit test keeps the two
+    equal)."""
+    if os.geteuid() == 0:
+        return Path(os.environ.get("CQRS_STATE_DIR", "/var/lib/cqrs-pipeline"))
+    return Path(os.environ.get("CQRS_STATE_DIR", Path.home() / ".local" / "state" / "cqrs-pipeline"))
+
+
+def secrets_dir() -> Path | None:
+    """Where secrets are read from as files named after the fields (e.g. `redis_password`): CQRS_SECRETS_DIR
+    (Kubernetes mounts the Secret there), else the local stack's generated `<state>/secrets` if it exists,
+    so that a process started beside the local stack authenticates with no setup. Environment variables
+    still win over files."""
+    explicit = os.environ.get("CQRS_SECRETS_DIR", "").strip()
+    if explicit:
+        return Path(explicit)
+    local = local_state_dir() / "secrets"
+    return local if local.is_dir() else None
+
+
+def _credential_problem(s: Settings) -> str | None:
+    """The first inconsistent combination of connection settings, as one line naming the variables."""
+    sasl = s.kafka_security_protocol.startswith("SASL_")
+    tls = s.kafka_security_protocol in ("SSL", "SASL_SSL")
+    sasl_set = [n for n in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password") if getattr(s, n)]
+    if sasl and len(sasl_set) < 3:
+        return (f"KAFKA_SECURITY_PROTOCOL={s.kafka_security_protocol} needs KAFKA_SASL_MECHANISM, "
+                f"KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD (set: {', '.join(sasl_set).upper() or 'none'})")
+    if not sasl and sasl_set:
+        return (f"{', '.join(sasl_set).upper()} set but KAFKA_SECURITY_PROTOCOL={s.kafka_security_protocol} "
+                f"does not use SASL (SASL_SSL?)")
+    ssl_set = [n for n in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_ssl_key_password")
+               if getattr(s, n)]
+    if not tls and ssl_set:
+        return (f"{', '.join(ssl_set).upper()} set but KAFKA_SECURITY_PROTOCOL={s.kafka_security_protocol} "
+                f"does not use TLS (SSL or SASL_SSL?)")
+    if (s.kafka_ssl_keyfile or s.kafka_ssl_key_password) and not s.kafka_ssl_certfile:
+        return "KAFKA_SSL_KEYFILE/KAFKA_SSL_KEY_PASSWORD set without KAFKA_SSL_CERTFILE"
+    if bool(s.schema_registry_username) != bool(s.schema_registry_password):
+        return "SCHEMA_REGISTRY_USERNAME and SCHEMA_REGISTRY_PASSWORD go together: set both or neither"
+    if s.mongo_password and not s.mongo_username:
+        return "MONGO_PASSWORD set without MONGO_USERNAME"
+    if s.elasticsearch_api_key and (s.elasticsearch_username or s.elasticsearch_password):
+        return "set either ELASTICSEARCH_API_KEY or ELASTICSEARCH_USERNAME/ELASTICSEARCH_PASSWORD, not both"
+    if bool(s.elasticsearch_username) != bool(s.elasticsearch_password):
+        return "ELASTICSEARCH_USERNAME and ELASTICSEARCH_PASSWORD go together: set both or neither"
+    if s.redis_username and not s.redis_password:
+        return "REDIS_USERNAME set without REDIS_PASSWORD"
+    if s.redis_ca_file and not (s.redis_tls or s.redis_url.startswith("rediss://")):
+        return "REDIS_CA_FILE set but REDIS_TLS is false (and REDIS_URL is not rediss://)"
+    return None
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    """The process's settings: environment, then files in the secrets dir, then defaults."""
+    return Settings(_secrets_dir=secrets_dir())

@@ -17,6 +17,7 @@ import faust
 
 from app.settings import Settings
 from app.operations.setup import prepare_event_codecs
+from agents.transport import broker_credentials
 from schemas.codec import DecodeError
 
 settings = Settings()
@@ -28,6 +29,7 @@ OUT = os.environ["DRAIN_OUT"]
 app = faust.App(
     APP_ID,
     broker=[f"kafka://{b}" for b in settings.kafka_bootstrap_servers.split(",")],
+    broker_credentials=broker_credentials(settings),
     store="memory://",
     web_enabled=False,
     topic_partitions=settings.topic_partitions,

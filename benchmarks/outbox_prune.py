@@ -18,6 +18,7 @@ import psycopg
 
 from app.commands.relay import PRUNE_BATCH, PRUNE_MAX_BATCHES, OutboxRelay
 from app.settings import get_settings
+from connectors import postgres
 
 FILL = """
 insert into outbox (event_id, topic, aggregate_type, aggregate_id, sequence_number, event_type, payload, created_at,
@@ -31,7 +32,7 @@ from generate_series(0, %(rows)s - 1) g
 async def run(rows: int) -> None:
     settings = get_settings().model_copy(update={"outbox_keep_hours": 24.0})
     topic = f"bench-prune-{uuid.uuid4().hex[:6]}"
-    async with await psycopg.AsyncConnection.connect(settings.write_db_url, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(postgres.conninfo(settings), autocommit=True) as conn:
         started = time.perf_counter()
         await conn.execute(FILL, {"topic": topic, "rows": rows})
         print(f"inserted {rows:,} published rows 3 days old in {time.perf_counter() - started:.1f}s")

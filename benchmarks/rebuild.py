@@ -62,14 +62,12 @@ def rebuild_each(loaded: Loaded, env: dict[str, str], timeout: float) -> dict[st
 
 def serving_counts(bench: Bench) -> tuple[int, int, int]:
     """(order views, product stats, search documents) in the versions the rebuilds switched to."""
-    from pymongo import MongoClient
-
     from agents.read_model_versions import ServingRecord
     from domain.read_models import READ_MODEL_VERSIONS
     from connectors import elasticsearch, mongo
 
     # FerretDB counts by scanning: allow it minutes, not the connectors' 30 s.
-    client = MongoClient(bench.settings.mongo_url, socketTimeoutMS=600_000, serverSelectionTimeoutMS=5_000)
+    client = mongo.mongo_client(bench.settings, socketTimeoutMS=600_000, serverSelectionTimeoutMS=5_000)
     db = mongo.read_database(bench.settings, client)
     def serving(projection: str) -> ServingRecord:
         return ServingRecord.from_document(projection, db[READ_MODEL_VERSIONS].find_one({"_id": projection}))

@@ -18,6 +18,27 @@ class ServiceUnavailable(RuntimeError):
         super().__init__(f"{service} unreachable at {address}: {self.reason}")
 
 
+def redact_url(url: str) -> str:
+    """`url` with the password of its user info replaced by `***`, for logs, errors and reprs (a Redis or
+    MongoDB URL may carry one). Anything not shaped like scheme://user:password@host is returned as is."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hosts}{slash}{path}"
+
+
+def secret(value: object) -> str | None:
+    """The plain value of a SecretStr setting (or of a plain string), only where a client is built."""
+    if value is None:
+        return None
+    reveal = getattr(value, "get_secret_value", None)
+    return reveal() if reveal else str(value)
+
+
 @dataclass(frozen=True)
 class ServiceInfo:
     service: str

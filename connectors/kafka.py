@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from typing import Any, Protocol, TypeVar
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from connectors import ServiceInfo, ServiceUnavailable
+from connectors import ServiceInfo, ServiceUnavailable, secret
 
 
 class Settings(Protocol):
@@ -18,6 +19,14 @@ class Settings(Protocol):
 
     kafka_bootstrap_servers: str
     connect_timeout_s: float
+    kafka_security_protocol: str
+    kafka_sasl_mechanism: str | None
+    kafka_sasl_username: str | None
+    kafka_sasl_password: Any  # SecretStr | None
+    kafka_ssl_cafile: str | None
+    kafka_ssl_certfile: str | None
+    kafka_ssl_keyfile: str | None
+    kafka_ssl_key_password: Any  # SecretStr | None
 
 
 SERVICE = "kafka"
@@ -32,12 +41,42 @@ T = TypeVar("T")
 
 
 def base_config(settings: Settings) -> dict[str, Any]:
-    """Client settings every Kafka client shares; librdkafka's own logging goes to a quiet logger."""
+    """Client settings every Kafka client shares (producers, consumers and admin clients all start from it,
+    so TLS and SASL reach each of them); librdkafka's own logging goes to a quiet logger."""
     return {
         "bootstrap.servers": settings.kafka_bootstrap_servers,
         "socket.connection.setup.timeout.ms": int(settings.connect_timeout_s * 1000),
         "logger": _quiet,
+        **security_config(settings),
     }
+
+
+def security_config(settings: Settings) -> dict[str, str]:
+    """librdkafka's security options from the settings: nothing but the protocol for PLAINTEXT."""
+    config = {"security.protocol": settings.kafka_security_protocol}
+    if settings.kafka_security_protocol.startswith("SASL_"):
+        config |= {"sasl.mechanism": settings.kafka_sasl_mechanism or "PLAIN",
+                   "sasl.username": settings.kafka_sasl_username or "",
+                   "sasl.password": secret(settings.kafka_sasl_password) or ""}
+    if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
+        optional = {"ssl.ca.location": settings.kafka_ssl_cafile,
+                    "ssl.certificate.location": settings.kafka_ssl_certfile,
+                    "ssl.key.location": settings.kafka_ssl_keyfile,
+                    "ssl.key.password": secret(settings.kafka_ssl_key_password)}
+        config |= {key: value for key, value in optional.items() if value}
+    return config
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of Kafka clients that take one (Faust's aiokafka driver), None without TLS: the
+    brokers' CA (else the system's) and the client certificate for mutual TLS."""
+    if settings.kafka_security_protocol not in ("SSL", "SASL_SSL"):
+        return None
+    context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_ssl_certfile:
+        context.load_cert_chain(settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile,
+                                secret(settings.kafka_ssl_key_password))
+    return context
 
 
 def admin_client(settings: Settings) -> AdminClient:

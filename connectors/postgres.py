@@ -1,11 +1,11 @@
 """PostgreSQL (the write model) through psycopg 3."""
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg
 
-from connectors import ServiceInfo, ServiceUnavailable
+from connectors import ServiceInfo, ServiceUnavailable, secret
 
 
 class Settings(Protocol):
@@ -13,6 +13,9 @@ class Settings(Protocol):
 
     write_db_url: str
     connect_timeout_s: float
+    write_db_password: Any  # SecretStr | None
+    write_db_sslmode: str | None
+    write_db_sslrootcert: str | None
 
 
 SERVICE = "postgresql"
@@ -23,11 +26,29 @@ def _redacted(url: str) -> str:
     return f"{info.get('host', 'localhost')}:{info.get('port', 5432)}/{info.get('dbname', '')}"
 
 
+def redacted(settings: Settings) -> str:
+    """host:port/dbname of the write model, for logs and errors (never the password)."""
+    return _redacted(settings.write_db_url)
+
+
+def conninfo(settings: Settings) -> str:
+    """The libpq connection string every connection to the write model uses (sync and async connections,
+    pools, migrations): WRITE_DB_URL with WRITE_DB_PASSWORD (which wins over a password in the URL) and
+    the TLS settings. It holds the password: pass it to psycopg only, never to a log or an error."""
+    extra = {"password": secret(settings.write_db_password), "sslmode": settings.write_db_sslmode,
+             "sslrootcert": settings.write_db_sslrootcert}
+    return psycopg.conninfo.make_conninfo(settings.write_db_url, **{k: v for k, v in extra.items() if v})
+
+
+def connect_timeout(settings: Settings) -> int:
+    """libpq's connect_timeout (whole seconds, at least 1)."""
+    return max(1, int(settings.connect_timeout_s))
+
+
 def connect(settings: Settings, **kwargs) -> psycopg.Connection:
     """A plain connection that fails within the connect timeout instead of hanging."""
     try:
-        return psycopg.connect(settings.write_db_url, connect_timeout=max(1, int(settings.connect_timeout_s)),
-                               **kwargs)
+        return psycopg.connect(conninfo(settings), connect_timeout=connect_timeout(settings), **kwargs)
     except psycopg.OperationalError as exc:
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
         reason = lines[0].split(": ", 1)[-1] if lines else type(exc).__name__

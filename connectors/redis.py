@@ -5,7 +5,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 import redis.asyncio
@@ -13,7 +13,7 @@ import redis.asyncio.retry
 import redis.retry
 from redis.backoff import NoBackoff
 
-from connectors import ServiceInfo, ServiceUnavailable
+from connectors import ServiceInfo, ServiceUnavailable, redact_url, secret
 
 
 class Settings(Protocol):
@@ -21,6 +21,10 @@ class Settings(Protocol):
 
     redis_url: str
     connect_timeout_s: float
+    redis_username: str | None
+    redis_password: Any  # SecretStr | None
+    redis_tls: bool
+    redis_ca_file: str | None
 
 
 SERVICE = "redis"
@@ -36,14 +40,48 @@ def _options(settings: Settings) -> dict:
             "socket_timeout": max(settings.connect_timeout_s, 10.0), "decode_responses": True}
 
 
+def security_options(settings: Settings) -> dict[str, Any]:
+    """ACL user, password and TLS as redis-py keyword options (TLS: `ssl_*`, which SSLConnection takes)."""
+    options: dict[str, Any] = {}
+    if settings.redis_username:
+        options["username"] = settings.redis_username
+    if settings.redis_password:
+        options["password"] = secret(settings.redis_password)
+    if _tls(settings) and settings.redis_ca_file:
+        options["ssl_ca_certs"] = settings.redis_ca_file
+    return options
+
+
+def _tls(settings: Settings) -> bool:
+    return settings.redis_tls or settings.redis_url.startswith("rediss://")
+
+
+def _url(settings: Settings) -> str:
+    """REDIS_URL as redis-py should read it: `rediss://` when REDIS_TLS is set, and without user info when
+    the settings carry credentials (redis-py lets the URL's win over keyword options; ours must win)."""
+    url = settings.redis_url
+    if settings.redis_tls and url.startswith("redis://"):
+        url = "rediss://" + url[len("redis://"):]
+    if settings.redis_username or settings.redis_password:
+        scheme, _, rest = url.partition("://")
+        authority, slash, path = rest.partition("/")
+        url = f"{scheme}://{authority.rpartition('@')[2]}{slash}{path}"
+    return url
+
+
+def address(settings: Settings) -> str:
+    """REDIS_URL for logs and errors, without a password it may carry."""
+    return redact_url(settings.redis_url)
+
+
 def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, retry=redis.retry.Retry(NoBackoff(), RETRIES),
-                                **_options(settings))
+    return redis.Redis.from_url(_url(settings), retry=redis.retry.Retry(NoBackoff(), RETRIES),
+                                **_options(settings), **security_options(settings))
 
 
 def async_redis_client(settings: Settings) -> redis.asyncio.Redis:
-    return redis.asyncio.Redis.from_url(settings.redis_url, retry=redis.asyncio.retry.Retry(NoBackoff(), RETRIES),
-                                        **_options(settings))
+    return redis.asyncio.Redis.from_url(_url(settings), retry=redis.asyncio.retry.Retry(NoBackoff(), RETRIES),
+                                        **_options(settings), **security_options(settings))
 
 
 def check(settings: Settings) -> ServiceInfo:
@@ -52,10 +90,10 @@ def check(settings: Settings) -> ServiceInfo:
         client.ping()
         version = client.info("server")["redis_version"]
     except redis.RedisError as exc:
-        raise ServiceUnavailable(SERVICE, settings.redis_url, str(exc)) from None
+        raise ServiceUnavailable(SERVICE, address(settings), str(exc)) from None
     finally:
         client.close()
-    return ServiceInfo(SERVICE, settings.redis_url, version)
+    return ServiceInfo(SERVICE, address(settings), version)
 
 
 class BestEffort:

@@ -1,6 +1,7 @@
 """Shared fixtures: start or reuse the local stack, and hand tests the one settings object."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -10,6 +11,8 @@ import pytest
 
 from app.settings import Settings
 from connectors import ServiceUnavailable, elasticsearch, kafka, mongo, postgres, redis, registry
+from deploy.local.base import StackPaths
+from deploy.local.secrets import ensure_secrets
 
 ROOT = Path(__file__).resolve().parents[1]
 STACK = ROOT / "deploy" / "local" / "stack"
@@ -28,6 +31,10 @@ def _unreachable(settings: Settings) -> list[str]:
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:
+    """The settings of the tests. The local stack's secrets are generated first (as `stack up` would do),
+    so that this object carries them even when the stack is brought up after it is made."""
+    if not os.environ.get("CQRS_SECRETS_DIR"):
+        ensure_secrets(StackPaths.from_env())
     return Settings()
 
 

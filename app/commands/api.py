@@ -22,6 +22,7 @@ from app.http.rate_limit import rate_limited
 from app.http.metrics import LATENCY_BUCKETS
 from app.http.service import service_app
 from app.settings import Settings, get_settings
+from connectors import postgres
 from app.operations.setup import prepare_event_codecs
 from domain import access, consistency
 from domain.access import Role
@@ -253,9 +254,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         codecs = await asyncio.to_thread(prepare_event_codecs, settings)
-        pool = AsyncConnectionPool(settings.write_db_url, min_size=settings.db_pool_min,
+        pool = AsyncConnectionPool(postgres.conninfo(settings), min_size=settings.db_pool_min,
                                    max_size=settings.db_pool_max, open=False, timeout=10,
-                                   kwargs={"connect_timeout": max(1, int(settings.connect_timeout_s))})
+                                   kwargs={"connect_timeout": postgres.connect_timeout(settings)})
         await pool.open(wait=True, timeout=settings.connect_timeout_s * 3)
         app.state.handlers = CommandHandlers(pool, codecs, topic_prefix=settings.topic_prefix)
         relay = OutboxRelay(settings) if settings.outbox_relay_enabled else None

@@ -13,17 +13,13 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def alembic_config(settings: Settings) -> Config:
+    """Alembic's configuration. The connection string (it holds the password) goes in memory to
+    migrations/env.py, never into the `sqlalchemy.url` option that Alembic may print."""
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    cfg.set_main_option("sqlalchemy.url", sqlalchemy_url(settings.write_db_url))
+    cfg.attributes["conninfo"] = postgres.conninfo(settings)
+    cfg.attributes["connect_timeout"] = postgres.connect_timeout(settings)
     return cfg
-
-
-def sqlalchemy_url(url: str) -> str:
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
-    return url
 
 
 def migrate(settings: Settings) -> str:

@@ -24,7 +24,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from prometheus_client import Counter, Gauge, Histogram
 
 from app.settings import Settings
-from connectors import kafka, keep_running
+from connectors import kafka, keep_running, postgres
 
 log = logging.getLogger("cqrs.relay")
 
@@ -119,8 +119,8 @@ class OutboxRelay:
         await asyncio.to_thread(self.producer.flush, 10)
 
     async def _connect(self) -> psycopg.AsyncConnection:
-        return await psycopg.AsyncConnection.connect(self.settings.write_db_url, autocommit=True,
-                                                     connect_timeout=max(1, int(self.settings.connect_timeout_s)))
+        return await psycopg.AsyncConnection.connect(postgres.conninfo(self.settings), autocommit=True,
+                                                     connect_timeout=postgres.connect_timeout(self.settings))
 
     async def _sleep(self, seconds: float) -> None:
         try:

@@ -43,7 +43,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from app.settings import Settings
 from agents.projections import PROJECTIONS, consumer_group, source_topics
-from connectors import ServiceUnavailable, kafka, registry
+from connectors import ServiceUnavailable, kafka, redact_url, registry
 from connectors.kafka import KafkaSlow, after_metadata, retry_slow
 from schemas.codec import DecodeError, EventCodec, register_codecs
 
@@ -301,7 +301,7 @@ class LagReader:
             try:
                 self._codecs.update(register_codecs(registry.registry_client(self.settings), missing, prefix))
             except Exception as exc:  # transport and registry errors alike: the schemas cannot be had
-                raise ServiceUnavailable(registry.SERVICE, self.settings.schema_registry_url,
+                raise ServiceUnavailable(registry.SERVICE, redact_url(self.settings.schema_registry_url),
                                          f"{type(exc).__name__}: {exc}") from None
         return self._codecs
 

@@ -194,25 +194,25 @@ class RebuildLock:
 
 async def open_target(projection: str, settings: Settings) -> tuple[RebuildTarget, Any, list]:
     """The projection's rebuild target, the read database and the closers of their clients."""
-    from elasticsearch import AsyncElasticsearch
     from psycopg_pool import AsyncConnectionPool
-    from pymongo import AsyncMongoClient
+
+    from connectors import elasticsearch, mongo
 
     timeout_ms = int(settings.connect_timeout_s * 1000)
-    client = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
-                              retryWrites=False, tz_aware=True)
+    client = mongo.async_mongo_client(settings, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+                                      socketTimeoutMS=None)
     db = client[settings.mongo_database]
     cache = redis.async_redis_client(settings)
     closers: list = [client.close, cache.aclose]
     if projection == "order-views":
-        pool = AsyncConnectionPool(settings.write_db_url, min_size=1, max_size=4, open=False,
-                                   kwargs={"connect_timeout": int(settings.connect_timeout_s)})
+        pool = AsyncConnectionPool(postgres.conninfo(settings), min_size=1, max_size=4, open=False,
+                                   kwargs={"connect_timeout": postgres.connect_timeout(settings)})
         await pool.open(wait=True, timeout=settings.connect_timeout_s * 3)
         closers.append(pool.close)
         return OrderViewsTarget(db, pool, cache), db, closers
     if projection == "sales-stats":
         return SalesStatsTarget(db, cache, settings.es_products_alias), db, closers
-    es = AsyncElasticsearch(settings.elasticsearch_url, request_timeout=60)
+    es = elasticsearch.async_es_client(settings, request_timeout=60)
     closers.append(es.close)
     return ProductSearchTarget(db, es, cache, settings.es_products_alias), db, closers
 

@@ -21,7 +21,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from app.settings import Settings
-from connectors import ServiceUnavailable
+from connectors import ServiceUnavailable, redact_url
 from connectors.registry import SERVICE, registry_client
 from schemas import SCHEMA_DIR, subject_for
 from schemas.compatibility import Finding, Mode, ModeCheck, SchemaParseError, check_mode, parse
@@ -117,11 +117,12 @@ def _reachable(settings: Settings, call: Callable[..., T], *args: Any) -> T:
         return call(*args)
     except SchemaRegistryError as exc:
         if exc.http_status_code >= 500:
-            raise ServiceUnavailable(SERVICE, settings.schema_registry_url,
+            raise ServiceUnavailable(SERVICE, redact_url(settings.schema_registry_url),
                                      f"HTTP {exc.http_status_code}: {exc.error_message}") from None
         raise
     except TRANSPORT_ERRORS as exc:
-        raise ServiceUnavailable(SERVICE, settings.schema_registry_url, f"{type(exc).__name__}: {exc}") from None
+        raise ServiceUnavailable(SERVICE, redact_url(settings.schema_registry_url),
+                                 f"{type(exc).__name__}: {exc}") from None
 
 
 def _not_found(exc: SchemaRegistryError) -> bool:
@@ -138,7 +139,7 @@ def compatibility_level(settings: Settings, client: SchemaRegistryClient, subjec
             return Mode.parse(_reachable(settings, client.get_compatibility, *args)), source
         except SchemaRegistryError as exc:
             if not _not_found(exc):
-                raise ServiceUnavailable(SERVICE, settings.schema_registry_url, str(exc)) from None
+                raise ServiceUnavailable(SERVICE, redact_url(settings.schema_registry_url), str(exc)) from None
         except ValueError:
             continue
     return DEFAULT_MODE, "default"
@@ -153,7 +154,7 @@ def registered_versions(settings: Settings, client: SchemaRegistryClient, subjec
     except SchemaRegistryError as exc:
         if _not_found(exc):
             return []
-        raise ServiceUnavailable(SERVICE, settings.schema_registry_url, str(exc)) from None
+        raise ServiceUnavailable(SERVICE, redact_url(settings.schema_registry_url), str(exc)) from None
     pairs = []
     for version in versions if transitive else versions[-1:]:
         registered = _reachable(settings, client.get_version, subject, version)

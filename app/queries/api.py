@@ -41,6 +41,7 @@ from app.queries.models import ERRORS, PROTECTED, SalesDay, SearchResults, Sort
 from app.queries.own_writes import Announcements
 from app.queries.stores import StoreUnavailable, Stores, stores
 from app.settings import Settings, get_settings
+from connectors import postgres
 from domain import access
 from domain.errors import InvalidCommand
 from domain.read_models import sales_day_key
@@ -148,7 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.stores = Stores(settings)
-        heads = HeadsFollower(settings.write_db_url, settings.connect_timeout_s)
+        heads = HeadsFollower(postgres.conninfo(settings), settings.connect_timeout_s)
         app.state.freshness = reader = FreshnessReader(settings, heads, time.time)
         app.state.announcements = Announcements(app.state.stores.redis, [reader.order_views_channel])
         following = [asyncio.create_task(heads.run(), name="published-heads"),

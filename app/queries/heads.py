@@ -20,8 +20,8 @@ MAX_BACKOFF_S = 5.0
 
 
 class HeadsFollower:
-    def __init__(self, write_db_url: str, connect_timeout_s: float) -> None:
-        self.url = write_db_url
+    def __init__(self, conninfo: str, connect_timeout_s: float) -> None:
+        self.conninfo = conninfo  # connectors.postgres.conninfo: may hold the password, never log it
         self.connect_timeout = max(1, int(connect_timeout_s))
         self.heads: dict[tuple[str, int], int] = {}
 
@@ -36,7 +36,7 @@ class HeadsFollower:
         await keep_running("published heads", self._follow, (psycopg.Error, OSError), log, max_s=MAX_BACKOFF_S)
 
     async def _follow(self) -> None:
-        async with await psycopg.AsyncConnection.connect(self.url, autocommit=True,
+        async with await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True,
                                                          connect_timeout=self.connect_timeout) as conn:
             await conn.execute("listen stream_heads")
             while True:

@@ -22,15 +22,14 @@ import logging
 from typing import Any, NoReturn, TypeVar
 
 import pymongo
-from elasticsearch import AsyncElasticsearch
 from fastapi import Request
 from psycopg_pool import AsyncConnectionPool
-from pymongo import AsyncMongoClient
 from redis.exceptions import RedisError
 
 from app.queries.cache import CacheGuard, QueryCache
 from agents.read_model_versions import ServingCache, ServingRecord
 from app.settings import Settings
+from connectors import elasticsearch, mongo, postgres
 from connectors.redis import async_redis_client
 
 log = logging.getLogger("app.queries.api")
@@ -120,19 +119,19 @@ class Stores:
     def __init__(self, settings: Settings) -> None:
         self.query_timeout_s = settings.query_timeout_s
         timeout_ms = int(min(settings.connect_timeout_s, settings.query_timeout_s) * 1000)
-        self.mongo = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=timeout_ms,
-                                      connectTimeoutMS=timeout_ms, socketTimeoutMS=int(settings.query_timeout_s * 1000),
-                                      retryWrites=False, tz_aware=True)
+        self.mongo = mongo.async_mongo_client(settings, serverSelectionTimeoutMS=timeout_ms,
+                                              connectTimeoutMS=timeout_ms,
+                                              socketTimeoutMS=int(settings.query_timeout_s * 1000))
         self.db = self.mongo[settings.mongo_database]
-        self.es = AsyncElasticsearch(settings.elasticsearch_url, request_timeout=settings.query_timeout_s,
-                                     max_retries=1, retry_on_timeout=False)
+        self.es = elasticsearch.async_es_client(settings, request_timeout=settings.query_timeout_s,
+                                                max_retries=1, retry_on_timeout=False)
         self.redis = async_redis_client(settings)
         self.cache = QueryCache(self.redis)
         self.cache_guard = CacheGuard()
-        self.pool = AsyncConnectionPool(settings.write_db_url, min_size=1, max_size=settings.db_pool_max,
+        self.pool = AsyncConnectionPool(postgres.conninfo(settings), min_size=1, max_size=settings.db_pool_max,
                                         open=False, timeout=settings.query_timeout_s,
                                         kwargs={"autocommit": True,
-                                                "connect_timeout": max(1, int(settings.connect_timeout_s))})
+                                                "connect_timeout": postgres.connect_timeout(settings)})
         self.products_alias = settings.es_products_alias
         self.serving = ServingCache(self.db)
 

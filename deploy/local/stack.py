@@ -5,6 +5,8 @@ Usage: deploy/local/stack up [SERVICE...] | down [SERVICE...] | status | logs [S
 Installs go to a cache outside the repository and data/logs/pids to one state directory
 (printed by `status`), so fresh clones and CI runs reuse what an earlier run installed.
 Every wait is bounded; a failure prints one line naming the service, what was tried and its log.
+Credentials (Redis ACL user, PostgreSQL role password, the API token signing key) are generated once
+into <state>/secrets, where the application's settings find them (deploy/local/secrets.py).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from deploy.local.base import StackError, StackPaths  # noqa: E402
+from deploy.local.secrets import ensure_secrets, secrets_dir  # noqa: E402
 from deploy.local.services import Health, Service  # noqa: E402
 
 # Start order; a service is started once every service it depends on is healthy.
@@ -79,6 +82,7 @@ def install_all(paths: StackPaths, services: dict[str, Service]) -> None:
 def up(paths: StackPaths, services: dict[str, Service]) -> None:
     t0 = time.monotonic()
     paths.ensure_layout()
+    ensure_secrets(paths)  # once, before any recipe needs one (redis_password, write_db_password, ...)
     install_all(paths, services)
     pending = dict(services)
     healthy: set[str] = set()
@@ -154,7 +158,7 @@ def status(paths: StackPaths, services: dict[str, Service]) -> bool:
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(3)]
     for row in [header, *rows]:
         say("  ".join(col.ljust(widths[i]) for i, col in enumerate(row[:3])) + "  " + row[3])
-    say(f"state: {paths.state}   cache: {paths.cache}")
+    say(f"state: {paths.state}   cache: {paths.cache}   secrets: {secrets_dir(paths)}")
     return all(h.healthy for h in healths.values())
 
 

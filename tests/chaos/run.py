@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import redis as redis_py
 
 from app.operations import processes
 from agents.projections import PROJECTIONS, consumer_group
@@ -28,6 +27,7 @@ from app.settings import Settings
 from app.http.identity import issue_token
 from domain.access import Role
 from connectors import postgres
+from connectors import redis as redis_connector
 from tests.chaos.cached_reads import check_cached_reads
 from tests.chaos.config import ChaosConfig
 from tests.chaos.faults import FaultRunner, plan
@@ -202,8 +202,8 @@ def _setup(prefix: str, run_dir: Path) -> None:
 def _empty_redis_db(base: Settings) -> int:
     """The first empty Redis database of 10-15, so concurrent runs and the end-to-end tests never share one."""
     for db in ISOLATED_REDIS_DBS:
-        client = redis_py.Redis.from_url(f"redis://127.0.0.1:6379/{db}",  # the address Pipeline uses
-                                         socket_connect_timeout=base.connect_timeout_s)
+        # the address Pipeline uses, with the stack's Redis credentials
+        client = redis_connector.redis_client(base.model_copy(update={"redis_url": f"redis://127.0.0.1:6379/{db}"}))
         try:
             if client.dbsize() == 0:
                 return db

@@ -9,6 +9,7 @@ import psycopg
 
 from app.commands.relay import PRUNE_BATCH, PRUNE_MAX_BATCHES, OutboxRelay
 from app.settings import Settings
+from connectors import postgres
 
 
 def insert_rows(db, aggregate: str, published_ago_s: list[float | None]) -> None:
@@ -27,7 +28,7 @@ def test_relay_prunes_only_published_rows_older_than_the_window(setup_done, db, 
     async def prune() -> int:
         """As the relay's pruning task does: calls of bounded batches until nothing more is due."""
         relay = OutboxRelay(settings.model_copy(update={"outbox_keep_hours": 7 * 24.0}))
-        async with await psycopg.AsyncConnection.connect(settings.write_db_url, autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(postgres.conninfo(settings), autocommit=True) as conn:
             total = 0
             for _ in range(100):
                 pruned = await relay.prune(conn)

@@ -6,12 +6,14 @@ import os
 
 import faust
 
+from agents.transport import broker_credentials
 from app.settings import Settings
 
 settings = Settings()
 app = faust.App(
     os.environ["PROBE_APP_ID"],
     broker=f"kafka://{settings.kafka_bootstrap_servers}",
+    broker_credentials=broker_credentials(settings),
     store="memory://",
     web_enabled=False,
     topic_partitions=4,

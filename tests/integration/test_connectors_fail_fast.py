@@ -24,7 +24,7 @@ def nowhere() -> Settings:
     return Settings(
         kafka_bootstrap_servers=f"127.0.0.1:{port}",
         schema_registry_url=f"http://127.0.0.1:{port}/apis/ccompat/v7",
-        write_db_url=f"postgresql://cqrs:cqrs@127.0.0.1:{port}/cqrs",
+        write_db_url=f"postgresql://cqrs@127.0.0.1:{port}/cqrs",
         mongo_url=f"mongodb://127.0.0.1:{port}/",
         elasticsearch_url=f"http://127.0.0.1:{port}",
         redis_url=f"redis://127.0.0.1:{port}/0",

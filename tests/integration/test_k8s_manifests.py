@@ -307,14 +307,27 @@ def test_settings_are_known_and_secrets_stay_secret(docs):
     (config,) = of_kind(docs, "ConfigMap")
     (secret,) = of_kind(docs, "Secret")
     secret_keys = set(secret.get("stringData", {})) | set(secret.get("data", {}))
-    assert secret_keys == {"WRITE_DB_URL", "API_TOKENS"}
+    # files in the secrets dir, named after the settings they fill; API tokens are signed, not listed
+    assert secret_keys == {"kafka_sasl_password", "schema_registry_password", "write_db_password",
+                           "mongo_password", "elasticsearch_api_key", "redis_password", "auth_jwt_secret"}
+    assert secret_keys - {"auth_jwt_secret"} <= set(Settings.model_fields)
     assert all("PLACEHOLDER" in v for v in secret["stringData"].values())
-    assert set(config["data"]) <= known - secret_keys, set(config["data"]) - known
-    Settings(**{k.lower(): v for k, v in config["data"].items()})  # every value parses
+    assert set(config["data"]) <= known - {k.upper() for k in secret_keys}, set(config["data"]) - known
+    assert not any(k in config["data"] for k in ("API_TOKENS", "AUTH_JWT_SECRET"))
+    assert ":" not in config["data"]["WRITE_DB_URL"].split("://", 1)[1].split("@", 1)[0]  # no password in it
+    secrets = {k: v for k, v in secret["stringData"].items() if k in Settings.model_fields}
+    Settings(_secrets_dir=None, **{k.lower(): v for k, v in config["data"].items()}, **secrets)  # all parse
     for w in of_kind(docs, *WORKLOAD_KINDS):
-        for c in w["spec"]["template"]["spec"]["containers"]:
+        pod = w["spec"]["template"]["spec"]
+        mounted = {v["name"] for v in pod["volumes"] if v.get("secret", {}).get("secretName")
+                   == secret["metadata"]["name"]}
+        assert mounted, w["metadata"]["name"]
+        for c in pod["containers"] + pod.get("initContainers", []):
             refs = {next(iter(s.values()))["name"] for s in c["envFrom"]}
-            assert refs == {config["metadata"]["name"], secret["metadata"]["name"]}, w["metadata"]["name"]
+            assert refs == {config["metadata"]["name"]}, w["metadata"]["name"]  # no secret in the environment
+            assert {"name": "CQRS_SECRETS_DIR", "value": "/run/secrets/cqrs"} in c["env"], c["name"]
+            assert any(m["name"] in mounted and m["mountPath"] == "/run/secrets/cqrs" and m.get("readOnly")
+                       for m in c["volumeMounts"]), c["name"]
 
 
 def test_labels_are_consistent(docs):

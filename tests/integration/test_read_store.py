@@ -7,7 +7,7 @@ import json
 import uuid
 
 import pytest
-from pymongo import AsyncMongoClient, InsertOne, ReplaceOne
+from pymongo import InsertOne, ReplaceOne
 from pymongo.errors import BulkWriteError
 
 from agents.read_store import IDS_PER_QUERY, bulk_write_unordered, find_by_ids
@@ -17,7 +17,7 @@ from connectors import mongo
 def run_on_collection(stack, body):
     """Run `body(collection)` on a fresh collection of the read database, dropped afterwards."""
     async def main():
-        client = AsyncMongoClient(stack.mongo_url, serverSelectionTimeoutMS=5000)
+        client = mongo.async_mongo_client(stack, serverSelectionTimeoutMS=5000)
         coll = client[stack.mongo_database][f"probe_{uuid.uuid4().hex[:8]}"]
         try:
             return await body(coll)

@@ -79,6 +79,7 @@ def test_commit_guard_refuses_an_app_on_another_transport() -> None:
 
     class Settings:
         kafka_bootstrap_servers = "localhost:1"
+        kafka_security_protocol = "PLAINTEXT"
         connect_timeout_s = 1.0
         projection_start = "earliest"
         worker_stall_s = 10.0

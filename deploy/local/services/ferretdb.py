@@ -23,7 +23,10 @@ stops if one does not apply). `ferretdb --version` reports package PACKAGE. For 
      query); with string or ObjectID values it becomes `_jsonb->'_id' = ANY(...)`, served by the same
      index. The read models load a batch's documents with one such query, as on MongoDB.
 
-Needs the `ferretdb` database and role from Postgres.bootstrap(); start postgres first.
+Needs the `ferretdb` database and role from Postgres.bootstrap(); start postgres first. The role's
+password (<state>/secrets/write_db_password) reaches FerretDB through FERRETDB_POSTGRESQL_URL in its
+environment, not its command line; a FerretDB started with another password is reported as needing a
+restart (it could open no new backend connection), which `stack up` does.
 Flags not passed by start() take their defaults from FERRETDB_* environment variables
 (FerretDB's own convention), e.g. FERRETDB_TEST_BATCH_SIZE.
 """
@@ -45,6 +48,7 @@ import zipfile
 from pathlib import Path
 
 from deploy.local.base import StackError, StackPaths, port_open, read_pid, run, spawn
+from deploy.local.secrets import read_secret
 from deploy.local.services import Health, Service
 from deploy.local.services.postgres import Postgres
 
@@ -153,18 +157,32 @@ class FerretDB(Service):
         if paths.user:
             entry = pwd.getpwnam(paths.user)
             os.chown(data, entry.pw_uid, entry.pw_gid)
+        backend = postgres.url(paths, "ferretdb")
         cmd = [str(binary),
                f"--listen-addr={self.address}",
                "--handler=postgresql",
-               f"--postgresql-url={postgres.url('ferretdb')}",
                f"--state-dir={data}",
                f"--debug-addr={self.host}:{self.debug_port}",
                "--telemetry=disable",
                f"--log-level={self.log_level}"]
-        spawn(paths, self.name, cmd, cwd=data)
+        spawn(paths, self.name, cmd, env={"FERRETDB_POSTGRESQL_URL": backend}, cwd=data)
+        self._password_stamp(paths).write_text(_fingerprint(read_secret(paths, "write_db_password")))
+
+    def _password_stamp(self, paths: StackPaths) -> Path:
+        """Which backend password the running FerretDB was started with (a fingerprint, not the password)."""
+        return paths.pidfile(self.name).with_suffix(".backend")
 
     def probe(self, paths: StackPaths) -> Health:
         """buildInfo for the version, then ping (which also checks the PostgreSQL backend)."""
+        password = read_secret(paths, "write_db_password")
+        if password and read_pid(paths, self.name) is not None:
+            try:
+                started_with = self._password_stamp(paths).read_text().strip()
+            except OSError:
+                started_with = ""
+            if started_with != _fingerprint(password):
+                return Health(False, restart_needed=True,
+                              detail="started with another PostgreSQL password than secrets/write_db_password")
         deadline = time.monotonic() + 3.0
         try:
             with socket.create_connection((self.host, self.port), timeout=1.5) as sock:
@@ -178,6 +196,10 @@ class FerretDB(Service):
         if pong.get("ok") != 1:
             return Health(False, version=version, detail=f"ping: {pong.get('errmsg', 'not ok')}")
         return Health(True, version=version.lstrip("v"), detail=f"MongoDB {info.get('version', '?')} compatible")
+
+
+def _fingerprint(password: str | None) -> str:
+    return hashlib.sha256((password or "").encode()).hexdigest()[:16]
 
 
 # ---- MongoDB wire protocol (OP_MSG) and a minimal BSON codec -----------------------------------

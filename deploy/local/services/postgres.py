@@ -5,14 +5,17 @@ binaries from /usr/lib/postgresql/<major>/bin run in the foreground on our data 
 127.0.0.1 only, with their Unix socket in <state>/run/postgres.
 
 Authentication: trust on the Unix socket (superuser `postgres`, used only for bootstrap),
-scram-sha-256 on 127.0.0.1. Clients use role `cqrs` / password `cqrs`:
+scram-sha-256 on 127.0.0.1. Clients use role `cqrs` with the password generated into
+<state>/secrets/write_db_password (deploy/local/secrets.py), which the application's settings read:
 
-    postgres://cqrs:cqrs@127.0.0.1:<POSTGRES_PORT>/cqrs       write model
-    postgres://cqrs:cqrs@127.0.0.1:<POSTGRES_PORT>/ferretdb   FerretDB backend
+    postgresql://cqrs@127.0.0.1:<POSTGRES_PORT>/cqrs       write model (+ WRITE_DB_PASSWORD)
+    postgresql://cqrs@127.0.0.1:<POSTGRES_PORT>/ferretdb   FerretDB backend
 
 `start()` waits until the server accepts connections on its socket and then runs the
-idempotent `bootstrap()` (role + databases), so `probe()`, which logs in as `cqrs`, turns
-healthy right after `start()` returns.
+idempotent `bootstrap()` (role + databases, and the role's password set to the secret on every
+run, so a data dir made with an older password is brought in line), so `probe()`, which logs in
+as `cqrs`, turns healthy right after `start()` returns. A running server whose role refuses the
+secret is reported as needing a restart, which `stack up` does (and so bootstraps it).
 """
 from __future__ import annotations
 
@@ -23,15 +26,16 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 from deploy.local.base import StackError, StackPaths, apt_install, port_open, read_pid, run, spawn
+from deploy.local.secrets import ensure_secrets, read_secret
 from deploy.local.services import Health, Service
 
 PG_ROOT = Path("/usr/lib/postgresql")
 TOOLS = ("postgres", "initdb", "psql", "pg_isready")
 SUPERUSER = "postgres"
 ROLE = "cqrs"
-PASSWORD = "cqrs"
 DATABASES = ("cqrs", "ferretdb")
 
 # Dev-box tuning, passed on the command line so that changing it needs no config rewrite.
@@ -44,6 +48,7 @@ SETTINGS = {
 _BOOTSTRAP_SQL = """\
 SELECT format('CREATE ROLE %I LOGIN PASSWORD %L', :'role', :'password')
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'role') \\gexec
+SELECT format('ALTER ROLE %I LOGIN PASSWORD %L', :'role', :'password') \\gexec
 """ + "".join(
     f"""\
 SELECT format('CREATE DATABASE %I OWNER %I', '{db}', :'role')
@@ -79,8 +84,10 @@ class Postgres(Service):
     def socket_dir(self, paths: StackPaths) -> Path:
         return paths.state / "run" / self.name
 
-    def url(self, database: str = "cqrs") -> str:
-        return f"postgres://{ROLE}:{PASSWORD}@{self.host}:{self.port}/{database}"
+    def url(self, paths: StackPaths, database: str = "cqrs") -> str:
+        """A client URL with the role's password: for the stack's own clients (FerretDB), never to print."""
+        password = quote(ensure_secrets(paths)["write_db_password"], safe="")
+        return f"postgres://{ROLE}:{password}@{self.host}:{self.port}/{database}"
 
     def _data_major(self, paths: StackPaths) -> str | None:
         try:
@@ -146,11 +153,12 @@ class Postgres(Service):
         if bindir is None:
             raise StackError("bootstrap postgres: PostgreSQL is not installed")
         log = paths.log(self.name)
-        cmd = [str(bindir / "psql"), "-X", "-q", "-w", "-v", "ON_ERROR_STOP=1",
-               "-v", f"role={ROLE}", "-v", f"password={PASSWORD}",
+        cmd = [str(bindir / "psql"), "-X", "-q", "-w", "-v", "ON_ERROR_STOP=1", "-v", f"role={ROLE}",
                "-h", str(self.socket_dir(paths)), "-p", str(self.port), "-U", SUPERUSER, "-d", "postgres"]
+        # The password goes in on standard input, not the command line (which `ps` shows to everyone).
+        script = f"\\set password {_psql_quote(ensure_secrets(paths)['write_db_password'])}\n" + _BOOTSTRAP_SQL
         try:
-            proc = subprocess.run(cmd, input=_BOOTSTRAP_SQL, env=_clean_env(), capture_output=True, text=True,
+            proc = subprocess.run(cmd, input=script, env=_clean_env(), capture_output=True, text=True,
                                   timeout=60)
         except (OSError, subprocess.SubprocessError) as exc:
             raise StackError(f"bootstrap postgres (role/databases): {exc} (log: {log})") from exc
@@ -171,14 +179,19 @@ class Postgres(Service):
             return Health(False, detail="psql not found")
         cmd = [psql, "-X", "-w", "-h", self.host, "-p", str(self.port), "-U", ROLE, "-d", "cqrs",
                "-Atc", "show server_version"]
+        password = read_secret(paths, "write_db_password") or ""
         try:
-            proc = subprocess.run(cmd, env=_clean_env(PGPASSWORD=PASSWORD, PGCONNECT_TIMEOUT="3"),
+            proc = subprocess.run(cmd, env=_clean_env(PGPASSWORD=password, PGCONNECT_TIMEOUT="3"),
                                   capture_output=True, text=True, timeout=3, stdin=subprocess.DEVNULL)
         except Exception as exc:  # noqa: BLE001 - a probe reports, never raises
             return Health(False, detail=f"psql: {type(exc).__name__}: {exc}")
         if proc.returncode != 0:
             lines = (proc.stderr or proc.stdout).strip().splitlines()
-            return Health(False, detail=lines[-1] if lines else f"psql exited {proc.returncode}")
+            detail = lines[-1] if lines else f"psql exited {proc.returncode}"
+            if "password authentication failed" in detail or "no password supplied" in detail:
+                return Health(False, restart_needed=True, detail=f"{detail} (role {ROLE} has another password "
+                              f"than secrets/write_db_password; a restart bootstraps it)")
+            return Health(False, detail=detail)
         full = proc.stdout.strip()
         running = full.split()[0] if full else "?"
         installed = self._installed_version(bindir)
@@ -236,6 +249,11 @@ class Postgres(Service):
                 raise StackError(f"start postgres: not accepting connections after {self.startup_timeout:.0f}s "
                                  f"(log: {paths.log(self.name)})")
             time.sleep(0.2)
+
+
+def _psql_quote(value: str) -> str:
+    """`value` as a single-quoted psql meta-command argument."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _own(path: Path, user: str | None, mode: int) -> None:

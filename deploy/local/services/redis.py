@@ -2,9 +2,16 @@
 
 Debian's redis-server service is not used: `redis-server <generated config>` runs in the
 foreground, bound to 127.0.0.1, with append-only persistence in the data dir (RDB snapshots off).
+
+Authentication: the ACL user `cqrs` (deploy/local/secrets.py: <state>/secrets/redis_username and
+redis_password) may do everything; the `default` user is off, so a client without credentials gets
+NOAUTH. The config holds only the password's SHA-256, and is rewritten on every start, so a new
+password (a deleted secret file) takes effect at the next start; a server running with another ACL is
+reported as needing a restart, which `stack up` does.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
 import shutil
@@ -14,6 +21,7 @@ import time
 from pathlib import Path
 
 from deploy.local.base import StackError, StackPaths, apt_install, port_open, read_pid, spawn
+from deploy.local.secrets import ensure_secrets, read_secret
 from deploy.local.services import Health, Service
 
 PACKAGE = "redis-server"
@@ -61,7 +69,9 @@ class Redis(Service):
         data = paths.data(self.name)
         data.mkdir(parents=True, exist_ok=True)
         conf = self.config_file(paths)
-        conf.write_text(self._config(data))
+        secrets = ensure_secrets(paths)
+        conf.write_text(self._config(data, secrets["redis_username"], secrets["redis_password"]))
+        os.chmod(conf, 0o600)
         if paths.user:
             entry = pwd.getpwnam(paths.user)
             os.chown(data, entry.pw_uid, entry.pw_gid)
@@ -70,10 +80,20 @@ class Redis(Service):
         spawn(paths, self.name, [binary, str(conf)], cwd=data)
 
     def probe(self, paths: StackPaths) -> Health:
+        """AUTH as the stack's ACL user, PING, INFO. An AUTH refused by a server that answers means it
+        runs with another ACL (started before the user existed or with an older password): restart."""
         deadline = time.monotonic() + 3.0
+        user, password = read_secret(paths, "redis_username"), read_secret(paths, "redis_password")
         try:
             with socket.create_connection((self.host, self.port), timeout=1.5) as sock:
                 reader = _Reader(sock, deadline)
+                if user and password:
+                    sock.sendall(_resp("AUTH", user, password))
+                    answer = reader.line()
+                    if answer != b"+OK":
+                        return Health(False, restart_needed=True,
+                                      detail=f"AUTH as {user}: {answer.decode(errors='replace')[:120]} "
+                                             f"(running without the stack's ACL; restart needed)")
                 sock.sendall(_resp("PING"))
                 pong = reader.line()
                 if pong != b"+PONG":
@@ -88,7 +108,8 @@ class Redis(Service):
 
     # ---- helpers ---------------------------------------------------------------------------
 
-    def _config(self, data: Path) -> str:
+    def _config(self, data: Path, user: str, password: str) -> str:
+        digest = hashlib.sha256(password.encode()).hexdigest()
         return "\n".join([
             f"bind {self.host}",
             f"port {self.port}",
@@ -101,6 +122,9 @@ class Redis(Service):
             "appendonly yes",
             'appendfilename "appendonly.aof"',
             "appendfsync everysec",
+            # ACL: no anonymous access; the stack's user may use every key, channel and command.
+            "user default off",
+            f"user {user} on #{digest} ~* &* +@all",
             "",
         ])
 
