@@ -12,7 +12,7 @@ import pytest
 from app.settings import Settings
 from connectors import ServiceUnavailable, elasticsearch, kafka, mongo, postgres, redis, registry
 from deploy.local.base import StackPaths
-from deploy.local.secrets import ensure_secrets
+from deploy.local.credentials import ensure_secrets
 
 ROOT = Path(__file__).resolve().parents[1]
 STACK = ROOT / "deploy" / "local" / "stack"

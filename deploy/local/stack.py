@@ -6,7 +6,7 @@ Installs go to a cache outside the repository and data/logs/pids to one state di
 (printed by `status`), so fresh clones and CI runs reuse what an earlier run installed.
 Every wait is bounded; a failure prints one line naming the service, what was tried and its log.
 Credentials (Redis ACL user, PostgreSQL role password, the API token signing key) are generated once
-into <state>/secrets, where the application's settings find them (deploy/local/secrets.py).
+into <state>/secrets, where the application's settings find them (deploy/local/credentials.py).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from deploy.local.base import StackError, StackPaths  # noqa: E402
-from deploy.local.secrets import ensure_secrets, secrets_dir  # noqa: E402
+from deploy.local.credentials import ensure_secrets, secrets_dir  # noqa: E402
 from deploy.local.services import Health, Service  # noqa: E402
 
 # Start order; a service is started once every service it depends on is healthy.

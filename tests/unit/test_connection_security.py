@@ -183,13 +183,13 @@ def test_state_dir_rule_matches_the_local_stack(monkeypatch, state):
         monkeypatch.setenv("CQRS_STATE_DIR", state)
     else:
         monkeypatch.delenv("CQRS_STATE_DIR", raising=False)
-    from deploy.local.secrets import secrets_dir as stack_secrets_dir
+    from deploy.local.credentials import secrets_dir as stack_secrets_dir
     assert local_state_dir() == StackPaths.from_env().state
     assert local_state_dir() / "secrets" == stack_secrets_dir(StackPaths.from_env())
 
 
 def test_the_stack_generates_private_secrets_once(tmp_path, monkeypatch):
-    from deploy.local.secrets import ensure_secrets
+    from deploy.local.credentials import ensure_secrets
 
     paths = StackPaths(cache=tmp_path / "cache", state=tmp_path / "state", user=None)
     first = ensure_secrets(paths)

@@ -48,7 +48,7 @@ import zipfile
 from pathlib import Path
 
 from deploy.local.base import StackError, StackPaths, port_open, read_pid, run, spawn
-from deploy.local.secrets import read_secret
+from deploy.local.credentials import read_secret
 from deploy.local.services import Health, Service
 from deploy.local.services.postgres import Postgres
 

@@ -6,7 +6,7 @@ binaries from /usr/lib/postgresql/<major>/bin run in the foreground on our data 
 
 Authentication: trust on the Unix socket (superuser `postgres`, used only for bootstrap),
 scram-sha-256 on 127.0.0.1. Clients use role `cqrs` with the password generated into
-<state>/secrets/write_db_password (deploy/local/secrets.py), which the application's settings read:
+<state>/secrets/write_db_password (deploy/local/credentials.py), which the application's settings read:
 
     postgresql://cqrs@127.0.0.1:<POSTGRES_PORT>/cqrs       write model (+ WRITE_DB_PASSWORD)
     postgresql://cqrs@127.0.0.1:<POSTGRES_PORT>/ferretdb   FerretDB backend
@@ -29,7 +29,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from deploy.local.base import StackError, StackPaths, apt_install, port_open, read_pid, run, spawn
-from deploy.local.secrets import ensure_secrets, read_secret
+from deploy.local.credentials import ensure_secrets, read_secret
 from deploy.local.services import Health, Service
 
 PG_ROOT = Path("/usr/lib/postgresql")

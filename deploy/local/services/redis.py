@@ -3,7 +3,7 @@
 Debian's redis-server service is not used: `redis-server <generated config>` runs in the
 foreground, bound to 127.0.0.1, with append-only persistence in the data dir (RDB snapshots off).
 
-Authentication: the ACL user `cqrs` (deploy/local/secrets.py: <state>/secrets/redis_username and
+Authentication: the ACL user `cqrs` (deploy/local/credentials.py: <state>/secrets/redis_username and
 redis_password) may do everything; the `default` user is off, so a client without credentials gets
 NOAUTH. The config holds only the password's SHA-256, and is rewritten on every start, so a new
 password (a deleted secret file) takes effect at the next start; a server running with another ACL is
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from deploy.local.base import StackError, StackPaths, apt_install, port_open, read_pid, spawn
-from deploy.local.secrets import ensure_secrets, read_secret
+from deploy.local.credentials import ensure_secrets, read_secret
 from deploy.local.services import Health, Service
 
 PACKAGE = "redis-server"

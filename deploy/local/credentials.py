@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from deploy.local.base import StackPaths
@@ -41,22 +42,32 @@ def secrets_dir(paths: StackPaths) -> Path:
 
 
 def ensure_secrets(paths: StackPaths) -> dict[str, str]:
-    """Every generated secret, creating the missing ones (safe to call from recipes running side by side)."""
+    """Every generated secret, creating the missing (or empty) ones. A value is written to a temporary
+    file and linked into place, so a crash never leaves an empty secret and recipes running side by
+    side agree on one value (the first link wins)."""
     directory = secrets_dir(paths)
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     values = {}
     for name, make in GENERATED.items():
         path = directory / name
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            values[name] = read_secret(paths, name) or ""
+        if (existing := read_secret(paths, name)) is not None:
+            values[name] = existing
             continue
-        value = make()
-        with os.fdopen(fd, "w") as fh:
-            fh.write(value + "\n")
-        values[name] = value
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(make() + "\n")
+            os.chmod(temporary, 0o600)
+            try:
+                os.link(temporary, path)
+            except FileExistsError:  # empty leftover of an older version, or another recipe won the race
+                if path.stat().st_size == 0:
+                    os.replace(temporary, path)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+        values[name] = read_secret(paths, name) or ""
     return values
 
 
