@@ -8,8 +8,8 @@ import sys
 
 from app.operations.processes import ROOT
 
-STEPS = ("== 1. An admin adds products", "== 2. A customer searches", "== 3. The customer registers",
-         "== 4. The warehouse ships it", "== 5. Product stats follow the order", "== 6. The customer views",
+STEPS = ("== 1. An admin adds products", "== 2. A customer searches", "== 3. The customer signs up",
+         "== 4. The warehouse (an admin) ships it", "== 5. Product stats follow the order", "== 6. The customer views",
          "== 7. The live sales dashboard")
 DELAYS = ("product searchable", "order view", "shipment", "purchase count", "order history")
 
@@ -32,4 +32,8 @@ def test_demo_plays_the_story_twice_in_a_row(setup_done) -> None:
         for what in DELAYS:
             assert re.search(rf"^  {what}\s+\d+ ms$", out, re.M), f"no measured delay for {what}"
         assert re.search(r"^sales dashboard: http://127\.0\.0\.1:\d+/api/dashboard/sales", out, re.M)
+        # every caller acts with a token of its role, and another customer's token is refused the order
+        assert "(as customer: Authorization: Bearer" in out and "(as operator: Authorization: Bearer" in out
+        assert re.search(r"\(as another customer: .*\n\n> GET /api/orders/[0-9a-f-]+\n< 403\n", out), out[-3000:]
+        assert "eyJ" not in out, "a token was printed"
         assert out.rstrip().endswith("demo passed")
