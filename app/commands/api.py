@@ -181,25 +181,31 @@ ORDER_ACCEPTED = {"model": Accepted, "headers": {consistency.HEADER: {
                    "(read-your-writes; several joined by commas)", "schema": {"type": "string"}}}}
 
 
-@router.post("/customers", name="RegisterCustomer", status_code=201, responses={201: ACCEPTED},
+@router.post("/customers", name="RegisterCustomer",
+             summary="Register a customer. Admins (the sign-up service).", status_code=201, responses={201: ACCEPTED},
              dependencies=[Depends(requires(*access.REGISTRATION))])
 async def register_customer(body: RegisterCustomer, ctx: Ctx, h: Handlers) -> JSONResponse:
     return respond(await h.register_customer(ctx, body.name, body.email))
 
 
-@router.patch("/customers/{customer_id}", name="UpdateCustomer", status_code=202, responses={202: ACCEPTED},
+@router.patch("/customers/{customer_id}", name="UpdateCustomer",
+              summary="Change a customer's name or email. The customer themself or an admin.",
+              status_code=202, responses={202: ACCEPTED},
               dependencies=CUSTOMER_OR_ADMIN)
 async def update_customer(customer_id: Id, body: UpdateCustomer, ctx: Ctx, h: Handlers) -> JSONResponse:
     access.require_customer_access(ctx.principal, customer_id)
     return respond(await h.update_customer(ctx, customer_id, body.name, body.email))
 
 
-@router.post("/products", name="CreateProduct", status_code=201, responses={201: ACCEPTED}, dependencies=ADMIN_ONLY)
+@router.post("/products", name="CreateProduct",
+             summary="Add a product to the catalogue. Admins.",
+             status_code=201, responses={201: ACCEPTED}, dependencies=ADMIN_ONLY)
 async def create_product(body: CreateProduct, ctx: Ctx, h: Handlers) -> JSONResponse:
     return respond(await h.create_product(ctx, **body.model_dump()))
 
 
-@router.patch("/products/{product_id}", name="UpdateProduct", status_code=202, responses={202: ACCEPTED},
+@router.patch("/products/{product_id}", name="UpdateProduct",
+              summary="Change a product's price, stock or details. Admins.", status_code=202, responses={202: ACCEPTED},
               dependencies=ADMIN_ONLY)
 async def update_product(product_id: Id, body: UpdateProduct, ctx: Ctx, h: Handlers) -> JSONResponse:
     changes = body.model_dump(exclude_unset=True)
@@ -211,38 +217,47 @@ async def update_product(product_id: Id, body: UpdateProduct, ctx: Ctx, h: Handl
     return respond(await h.update_product(ctx, product_id, **changes))
 
 
-@router.post("/orders", name="CreateOrder", status_code=201, responses={201: ORDER_ACCEPTED},
+@router.post("/orders", name="CreateOrder",
+             summary="Place an order. The customer it is for, or an admin.",
+             status_code=201, responses={201: ORDER_ACCEPTED},
              dependencies=CUSTOMER_OR_ADMIN)
 async def create_order(body: CreateOrder, ctx: Ctx, h: Handlers) -> JSONResponse:
     access.require_customer_access(ctx.principal, body.customer_id)
     return respond(await h.create_order(ctx, body.customer_id, [(i.product_id, i.quantity) for i in body.items]))
 
 
-@router.post("/orders/{order_id}/items", name="AddItem", status_code=202, responses={202: ORDER_ACCEPTED},
+@router.post("/orders/{order_id}/items", name="AddItem",
+             summary="Add a line to a pending order. Its customer or an admin.",
+             status_code=202, responses={202: ORDER_ACCEPTED},
              dependencies=CUSTOMER_OR_ADMIN)
 async def add_item(order_id: Id, body: AddItem, ctx: Ctx, h: Handlers) -> JSONResponse:
     return respond(await h.add_item(ctx, order_id, body.product_id, body.quantity))
 
 
-@router.delete("/orders/{order_id}/items/{product_id}", name="RemoveItem", status_code=202,
+@router.delete("/orders/{order_id}/items/{product_id}", name="RemoveItem",
+               summary="Remove a line from a pending order. Its customer or an admin.", status_code=202,
                responses={202: ORDER_ACCEPTED}, dependencies=CUSTOMER_OR_ADMIN)
 async def remove_item(order_id: Id, product_id: Id, ctx: Ctx, h: Handlers) -> JSONResponse:
     return respond(await h.remove_item(ctx, order_id, product_id))
 
 
-@router.post("/orders/{order_id}/cancel", name="CancelOrder", status_code=202, responses={202: ORDER_ACCEPTED},
+@router.post("/orders/{order_id}/cancel", name="CancelOrder",
+             summary="Cancel a pending order. Its customer or an admin.",
+             status_code=202, responses={202: ORDER_ACCEPTED},
              dependencies=CUSTOMER_OR_ADMIN)
 async def cancel_order(order_id: Id, ctx: Ctx, h: Handlers, body: CancelOrder | None = None) -> JSONResponse:
     return respond(await h.cancel_order(ctx, order_id, body.reason if body else None))
 
 
-@router.post("/orders/{order_id}/ship", name="ShipOrder", status_code=202, responses={202: ORDER_ACCEPTED},
+@router.post("/orders/{order_id}/ship", name="ShipOrder",
+             summary="Ship an order. Admins.", status_code=202, responses={202: ORDER_ACCEPTED},
              dependencies=[Depends(requires(*access.FULFILMENT))])
 async def ship_order(order_id: Id, ctx: Ctx, h: Handlers, body: ShipOrder | None = None) -> JSONResponse:
     return respond(await h.ship_order(ctx, order_id, body.tracking_number if body else None))
 
 
-@router.post("/orders/{order_id}/deliver", name="DeliverOrder", status_code=202, responses={202: ORDER_ACCEPTED},
+@router.post("/orders/{order_id}/deliver", name="DeliverOrder",
+             summary="Mark a shipped order delivered. Admins.", status_code=202, responses={202: ORDER_ACCEPTED},
              dependencies=[Depends(requires(*access.FULFILMENT))])
 async def deliver_order(order_id: Id, ctx: Ctx, h: Handlers) -> JSONResponse:
     return respond(await h.deliver_order(ctx, order_id))

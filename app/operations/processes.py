@@ -6,6 +6,7 @@ way an operator does: through the `cqrs` command.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,10 +20,22 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 
 
+SERVER_PORTS = range(20_000, 32_000)
+"""Below Linux's default ephemeral range (32768-60999): a port chosen here is not taken between the choice
+and the child's bind by the outgoing connection of some client, as a port the kernel picked could be."""
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on now, for a child process to bind (random, so parallel runs rarely meet)."""
+    for _ in range(100):
+        port = random.choice(SERVER_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {SERVER_PORTS.start}-{SERVER_PORTS.stop - 1} after 100 tries")
 
 
 def stop_process(proc: subprocess.Popen, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int:

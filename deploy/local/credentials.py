@@ -4,7 +4,7 @@ Each file is named after the setting that reads it (app/settings.py reads this d
 dir when CQRS_SECRETS_DIR is not set), so processes started beside the stack authenticate with no setup:
 
     redis_username     the Redis ACL user (`cqrs`; not secret, kept here so the settings' default stays None)
-    redis_password     its password; Redis's `default` user is off, so clients without it get NOAUTH
+    redis_password     its password (also the `default` user's), so clients without it get NOAUTH
     write_db_password  the password of PostgreSQL role `cqrs` (set again on every start)
     auth_jwt_secret    the HS256 signing key of the API tokens (32 random bytes, urlsafe base64)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from app.operations import processes
+from app.operations.processes import free_port  # noqa: F401  (the tests' import of it)
 from app.commands.relay import RELAY_LOCK_KEY
 from agents.read_model_versions import ServingRecord
 from domain.read_models import READ_MODEL_VERSIONS, OrderCollections
@@ -49,12 +49,6 @@ def _needs_stack(stack: Settings) -> Settings:
 
 
 # ---- processes ------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def wait_until(what: str, check, timeout: float = 60.0):
     """Poll `check` every 0.2 s until it returns something truthy (returned); fail after `timeout`."""

@@ -88,7 +88,8 @@ def command_cases() -> list[tuple[str, Call, dict[str, int]]]:
          expect(owner=403, other=403, admin=201, operator=403)),
         ("PATCH /api/customers/{id}", lambda w, c: c.patch(f"/api/customers/{w.owner}", json={"name": "Renamed"}),
          expect(owner=202, other=403, admin=202, operator=403)),
-        ("POST /api/products", lambda w, c: c.post("/api/products", json={"name": "P", "category": "c", "price": "1.00"}),
+        ("POST /api/products",
+         lambda w, c: c.post("/api/products", json={"name": "P", "category": "c", "price": "1.00"}),
          expect(owner=403, other=403, admin=201, operator=403)),
         ("PATCH /api/products/{id}", lambda w, c: c.patch(f"/api/products/{w.spare}", json={"description": "d"}),
          expect(owner=403, other=403, admin=202, operator=403)),
@@ -137,7 +138,8 @@ def run_matrix(world: World, base_url: str, cases: list[tuple[str, Call, dict[st
             for endpoint, call, statuses in cases:
                 r = call(world, client)
                 if r.status_code != statuses[caller]:
-                    wrong.append(f"{endpoint} as {caller}: {r.status_code}, expected {statuses[caller]}: {r.text[:160]}")
+                    wrong.append(f"{endpoint} as {caller}: {r.status_code}, expected {statuses[caller]}: "
+                                 f"{r.text[:160]}")
                 elif r.status_code in (401, 403):
                     body = r.json()
                     want = "unauthorized" if r.status_code == 401 else ("forbidden", "not_owner")

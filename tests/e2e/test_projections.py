@@ -18,8 +18,8 @@ from app.settings import Settings
 from agents.dead_letters import DLQ_TOPIC, describe
 from agents.projections import PROJECTIONS
 from connectors import elasticsearch, kafka, mongo, redis
-from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, serving_order_collections,
-                                serving_record, wait_until)
+from tests.e2e.conftest import (create_customer, create_order, create_product, deadline, make_client,
+                                serving_order_collections, serving_record, wait_until)
 
 TIMEOUT_S = 60
 
@@ -288,7 +288,8 @@ def test_dead_letters_are_listed_and_replayed_through_the_cli(workers, settings:
     assert describe(back[0].headers())["reason"] == "decode_error"
 
 
-def test_commands_become_visible_through_the_query_api(workers, client, spawn_query_api, settings: Settings):
+def test_commands_become_visible_through_the_query_api(workers, client, spawn_query_api, settings: Settings,
+                                                      token: str):
     """The seed's story end to end: add a product, search it, order it, read the order, the history
     and the dashboard through the query API."""
 

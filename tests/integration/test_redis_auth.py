@@ -2,6 +2,7 @@
 connectors' clients, which find them in <state>/secrets (Redis ACL user; PostgreSQL role password)."""
 from __future__ import annotations
 
+import uuid
 from urllib.parse import urlsplit
 
 import psycopg
@@ -10,6 +11,7 @@ import redis as redis_py
 
 from app.settings import Settings
 from connectors import postgres, redis
+from tests.conftest import stack_command
 
 
 def test_redis_refuses_a_client_without_credentials(stack: Settings) -> None:
@@ -47,3 +49,19 @@ def test_postgres_wants_the_generated_password(stack: Settings) -> None:
         assert conn.execute("select current_user").fetchone()[0] == "cqrs"
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(stack.write_db_url, password="not-the-password", connect_timeout=3).close()
+
+
+def test_script_writes_survive_a_restart_with_the_acl(stack: Settings) -> None:
+    """A Lua script's writes reach the append-only file as MULTI/EXEC; Redis 7.0 replays that file as the
+    `default` user, so with `default` switched off every such write was dropped at the next start (the
+    sales ledgers are written this way)."""
+    client = redis.redis_client(stack.model_copy(update={"redis_url": stack.redis_url.rsplit("/", 1)[0] + "/13"}))
+    key = f"restart-probe:{uuid.uuid4().hex}"
+    try:
+        client.eval("redis.call('HSET', KEYS[1], 'seq', '7'); redis.call('EXPIRE', KEYS[1], 600); return 1", 1, key)
+        stack_command("down", "redis")
+        stack_command("up", "redis")
+        assert client.hget(key, "seq") == "7"
+    finally:
+        client.delete(key)
+        client.close()

@@ -4,8 +4,8 @@ Debian's redis-server service is not used: `redis-server <generated config>` run
 foreground, bound to 127.0.0.1, with append-only persistence in the data dir (RDB snapshots off).
 
 Authentication: the ACL user `cqrs` (deploy/local/credentials.py: <state>/secrets/redis_username and
-redis_password) may do everything; the `default` user is off, so a client without credentials gets
-NOAUTH. The config holds only the password's SHA-256, and is rewritten on every start, so a new
+redis_password) may do everything; the `default` user needs the same password, so a client without
+credentials gets NOAUTH. The config holds only the password's SHA-256, and is rewritten on every start, so a new
 password (a deleted secret file) takes effect at the next start; a server running with another ACL is
 reported as needing a restart, which `stack up` does.
 """
@@ -122,8 +122,10 @@ class Redis(Service):
             "appendonly yes",
             'appendfilename "appendonly.aof"',
             "appendfsync everysec",
-            # ACL: no anonymous access; the stack's user may use every key, channel and command.
-            "user default off",
+            # ACL: no anonymous access; the stack's user may use every key, channel and command. `default`
+            # stays on with the same password rather than off: Redis 7.0 replays the AOF as `default`, and
+            # with it off every MULTI/EXEC there (each Lua script's writes) fails NOPERM and is lost.
+            f"user default on #{digest} ~* &* +@all",
             f"user {user} on #{digest} ~* &* +@all",
             "",
         ])
