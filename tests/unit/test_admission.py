@@ -315,6 +315,21 @@ def test_the_frame_sheds_before_dependencies_answers_413_without_a_slot_and_serv
     run(scenario)
 
 
+@pytest.mark.parametrize("module", ["app.commands.api", "app.queries.api"])
+def test_every_api_operation_declares_503_with_the_error_schema_and_retry_after(module: str):
+    create_app = __import__(module, fromlist=["create_app"]).create_app
+    spec = create_app(Settings(auth_jwt_secret=SECRET)).openapi()
+    operations = [(path, method, op) for path, item in spec["paths"].items() if path.startswith("/api/")
+                  for method, op in item.items()]
+    assert operations
+    for path, method, op in operations:
+        declared = op["responses"].get("503")
+        assert declared, f"{method.upper()} {path} does not declare 503"
+        assert "overloaded" in declared["description"], (path, declared["description"])
+        assert declared["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1] in ("ErrorBody", "Error")
+        assert declared["headers"]["Retry-After"]["schema"] == {"type": "integer"}
+
+
 # ---- the pieces ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("path", "shed"), [("/api/orders", True), ("/api", True), ("/api/ops/pipeline", True),
