@@ -260,6 +260,32 @@ def test_over_real_http_the_shed_answer_and_the_probes():
     run(scenario)
 
 
+def test_a_slow_upload_is_admitted_before_its_body_arrives_and_holds_its_slot_until_it_ends():
+    """What tests/e2e/test_overload.py relies on to hold a gateway's slots; and why a proxy that buffers
+    bodies belongs in front of the services (slow clients occupy slots as long as they take)."""
+    held, service = Held(), new_service()
+
+    async def scenario() -> None:
+        async with served(admitted(held, 1, 0, service)) as client:
+            port = int(str(client.base_url).rsplit(":", 1)[1].rstrip("/"))
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"POST /api/hold/slow HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 2\r\n\r\n{")
+            await writer.drain()
+            await held.until_handling(1)
+            assert_overloaded(await client.post("/api/hold/other", json={}))
+            held.release("slow")
+            writer.write(b"}")
+            await writer.drain()
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200"), "the slow upload was not handled"
+            writer.close()
+            held.release("other")
+            assert (await client.post("/api/hold/other", json={})).status_code == 200
+            assert held.handled == 2 and shed_count(service) == 1
+
+    run(scenario)
+
+
 # ---- the shared frame -------------------------------------------------------------------------------
 
 def framed_app(**settings: Any) -> tuple[FastAPI, Held, str]:
