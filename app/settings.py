@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     metrics_public: bool = Field(False, description=(
         "Serve the HTTP services' /metrics without a token (only where the port is reachable by the "
         "scraper alone); by default it needs an `operator` or `admin` token."))
+    # ---- overload: a process sheds `/api/` requests past its capacity instead of queueing them (app/http/admission.py)
+    max_in_flight: int = Field(64, ge=1, le=100_000, description=(
+        "Requests under /api/ a process handles at once before it answers 503 overloaded (with Retry-After). "
+        "64 x ~4 ms of CPU per command bounds the queueing of an admitted request to about 0.25 s."))
+    admission_wait_ms: int = Field(20, ge=0, le=1000, description=(
+        "How long a request may wait for a free slot before it is shed (0: shed at once). At capacity a slot "
+        "frees every few ms, so 20 ms absorbs a short burst and still answers a shed request fast."))
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     db_pool_min: int = Field(2, ge=1, le=100)
     db_pool_max: int = Field(20, ge=1, le=200)

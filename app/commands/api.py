@@ -170,6 +170,10 @@ COMMAND_ERRORS = {
     429: {**declared("The caller made more requests than RATE_LIMIT_PER_S / RATE_LIMIT_BURST allow"),
           "headers": {"Retry-After": {"description": "Seconds until a request is admitted again",
                                       "schema": {"type": "integer"}}}},
+    503: {**declared("The gateway is overloaded (`overloaded`: the command was not handled, so it is safe to "
+                     "send again) or its database is unavailable; retry after Retry-After"),
+          "headers": {"Retry-After": {"description": "Seconds until a retry may succeed",
+                                      "schema": {"type": "integer"}}}},
 }
 router = APIRouter(prefix="/api", dependencies=[Depends(authenticated), Depends(rate_limited)],
                    responses=COMMAND_ERRORS)

@@ -1,5 +1,5 @@
-"""The frame both HTTP services share: error shape, body limit, latency metrics, identity, rate limits,
-/healthz and /metrics."""
+"""The frame both HTTP services share: error shape, body limit, latency metrics, admission (overload
+shedding), identity, rate limits, /healthz and /metrics."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
+from app.http.admission import Admission
 from app.http.errors import install_error_handlers
 from app.http.identity import TokenVerifier, requires
 from app.http.limits import BodySizeLimit
@@ -49,6 +50,13 @@ def service_app(*, title: str, description: str, lifespan, settings: Settings, l
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
+    # The last added is outermost. A request meets: the body limit (a declared oversized body is a 413 that
+    # takes no slot: a permanent refusal, not "retry later"), then route latency (so an admitted request's
+    # wait for a slot counts in its latency; a shed one never matches a route and is counted as shed
+    # instead), then admission, then Starlette's routing, dependencies (identity, rate limit) and handlers:
+    # a shed request never reaches them.
+    app.add_middleware(Admission, max_in_flight=settings.max_in_flight, wait_ms=settings.admission_wait_ms,
+                       service=label)
     app.add_middleware(RouteLatency, histogram=latency, label=label)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

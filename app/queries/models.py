@@ -129,7 +129,9 @@ ERRORS = {401: {"model": Error, "description": "A bearer token was sent but is m
           422: {"model": Error, "description": "Invalid parameter (`field` names it)"},
           429: {"model": Error, "headers": RETRY_AFTER,
                 "description": "The caller made more requests than RATE_LIMIT_PER_S / RATE_LIMIT_BURST allow"},
-          503: {"model": Error, "headers": RETRY_AFTER, "description": "A store the query needs is unavailable"}}
+          503: {"model": Error, "headers": RETRY_AFTER,
+                "description": "The query API is overloaded (`overloaded`), or a store the query needs is "
+                               "unavailable (`service_unavailable`)"}}
 PROTECTED = {**ERRORS,
              401: {"model": Error, "description": "No bearer token, or one that is malformed, expired, wrongly "
                                                  "signed or not for this service"},
