@@ -2,6 +2,8 @@
 secrets read from files, precedence, validation, and that no secret shows in a repr or redacted URL."""
 from __future__ import annotations
 
+import hashlib
+
 import os
 from pathlib import Path
 
@@ -209,7 +211,9 @@ def test_redis_config_holds_only_the_password_digest(tmp_path):
     from deploy.local.services.redis import Redis
 
     config = Redis()._config(tmp_path, "cqrs", SECRET)
-    assert "user default off" in config and "user cqrs on #" in config and SECRET not in config
+    digest = hashlib.sha256(SECRET.encode()).hexdigest()
+    assert f"user default on #{digest} " in config and f"user cqrs on #{digest} " in config  # no anonymous user
+    assert "nopass" not in config and SECRET not in config
 
 
 # ---- validation -------------------------------------------------------------------------------
