@@ -6,8 +6,9 @@ BIN := $(VENV)/bin
 STACK := deploy/local/stack
 PYTEST_ARGS ?=
 CHAOS_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: help venv stack-up stack-down stack-status stack-logs demo smoke test test-unit lag schemas-check k8s-validate monitoring-check bench-commands bench-projections bench-rebuild bench-ryw bench-outbox chaos clean
+.PHONY: help venv stack-up stack-down stack-status stack-logs demo smoke test test-unit lag schemas-check k8s-validate monitoring-check bench-commands bench-projections bench-rebuild bench-ryw bench-outbox bench-system chaos clean
 
 help:
 	@echo "make demo         bring the local stack up and play the story through gateway, query API and workers"
@@ -76,6 +77,9 @@ bench-ryw: venv stack-up
 
 bench-outbox: venv stack-up
 	$(BIN)/python -m benchmarks.outbox_prune
+
+bench-system: venv stack-up
+	$(BIN)/python -m benchmarks.system $(BENCH_ARGS)
 
 chaos: venv stack-up
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)

@@ -1,0 +1,172 @@
+"""`make bench-system`: the whole pipeline on one machine, as a shop runs it.
+
+The gateway (with its relay), the query API and one worker per projection run as `cqrs` processes next to
+every server, isolated by a topic prefix, database and Redis db. A catalogue is seeded (products and
+customers), then the shop's mix (benchmarks/system_client.py `MIX`: per order placed with 1-3 lines, 0.1
+item additions, 0.08 cancels, 0.3 shipments, 0.2 deliveries, 0.05 price/stock updates, 0.5 order reads,
+0.3 history reads, 0.5 searches) is offered open loop at stepped rates. Per step it prints the achieved
+order rate, command and query latency, command -> visible latency (order view, history, search: every
+tenth order and product update is followed), errors and the CPU per order of every process (from /proc,
+servers included). Capacity is the highest step with command p99 <= 100 ms, visible p99 <= 1 s and no
+errors. A final step offers twice the capacity for 30 s and reports what was shed and how fast the
+projections caught up."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from app.http.identity import issue_token
+from app.operations import processes
+from app.settings import Settings, get_settings
+from agents.projections import PROJECTIONS
+from benchmarks.loadgen import SHOP_RATE_LIMIT
+from benchmarks.measures import cpu_by_role, process_cpu
+from benchmarks.projection_cleanup import Cleanup
+from benchmarks.projection_run import Isolation
+from benchmarks.system_client import LeanHttp, Shop, Tally, offer, percentile
+from domain.access import Role
+
+CAPACITY = {"command_p99_s": 0.100, "visible_p99_s": 1.0}
+SETTLE_S = 5.0
+CATCH_UP_WITHIN_S = 30.0
+OWN_ROLES = ("gateway + relay", "query API", *(f"worker {p}" for p in PROJECTIONS))
+
+
+class SystemRun(Cleanup):
+    def __init__(self, base: Settings, log_dir: Path) -> None:
+        self.iso = Isolation(f"sys{uuid.uuid4().hex[:6]}")
+        self.env = {**self.iso.env, "PROJECTION_GROUP_SUFFIX": self.iso.group_suffix, **SHOP_RATE_LIMIT}
+        self.settings = base.model_copy(update={"topic_prefix": self.iso.prefix, "mongo_database":
+                                                self.iso.env["MONGO_DATABASE"], "redis_url": self.iso.env["REDIS_URL"],
+                                                "es_products_alias": self.iso.env["ES_PRODUCTS_ALIAS"]})
+        self.log_dir, self.children, self.app_ids, self.own = log_dir, [], [], {}
+        self.token = issue_token(base, [Role.admin], subject=f"bench-system-{self.iso.run}", ttl_s=6 * 3600)
+
+    def start(self) -> tuple[str, str]:
+        processes.start("setup", ["setup"], log_dir=self.log_dir, env=self.env, ready_path=None).proc.wait(180)
+        gateway = processes.start("gateway", ["gateway"], log_dir=self.log_dir, port=processes.free_port(),
+                                  env=self.env, timeout=120)
+        query = processes.start("query-api", ["query-api"], log_dir=self.log_dir, port=processes.free_port(),
+                                env=self.env, timeout=120)
+        self.children += [gateway, query]
+        self.own.update({gateway.proc.pid: "gateway + relay", query.proc.pid: "query API"})
+        for projection in PROJECTIONS:
+            worker = processes.start(f"worker-{projection}", ["worker", projection], log_dir=self.log_dir,
+                                     env=self.env, ready_path=None)
+            self.children.append(worker)
+            self.own[worker.proc.pid] = f"worker {projection}"
+        return gateway.base_url or "", query.base_url or ""
+
+    def seed(self, gateway: str, customers: int, products: int) -> Shop:
+        with httpx.Client(base_url=gateway, headers={"Authorization": f"Bearer {self.token}"}, timeout=30) as c:
+            made = [(c.post("/api/products", json={
+                "name": f"Bench {w} {i} {self.iso.run}", "category": "Bench", "price": "12.50", "stock": 10**6,
+                "tags": [w]}).json()["product_id"], f"Bench {w} {i} {self.iso.run}")
+                for i, w in zip(range(products), ["lamp", "desk", "chair"] * products)]
+            people = [c.post("/api/customers", json={"name": f"Customer {i}",
+                                                     "email": f"{self.iso.run}-{i}@example.com"}).json()["customer_id"]
+                      for i in range(customers)]
+        return Shop(people, made, random.Random(7))
+
+    def lag(self) -> int:
+        from app.operations.lag import LagReader, totals
+        return sum(t.offset_lag for t in totals(LagReader(self.settings, self.iso.group_suffix).collect(PROJECTIONS)))
+
+
+async def step(rate: float, seconds: float, shop: Shop, gateway: str, query: str, token: str) -> Tally:
+    (gh, gp), (qh, qp) = (u.removeprefix("http://").split(":") for u in (gateway, query))
+    gw, q = LeanHttp(gh, int(gp), token, 256), LeanHttp(qh, int(qp), token, 256)
+    try:
+        return await offer(rate, seconds, shop, gw, q)
+    finally:
+        await gw.close()
+        await q.close()
+
+
+def report(rate: float, seconds: float, tally: Tally, cpu: dict[str, float]) -> dict:
+    orders = max(1, tally.orders)
+    vis = {k: (percentile(v, 50), percentile(v, 99)) for k, v in tally.visible.items()}
+    own = sum(cpu.get(r, 0.0) for r in OWN_ROLES)
+    row = {"offered": rate, "achieved": tally.orders / seconds, "cmd_p50": percentile(tally.commands, 50),
+           "cmd_p99": percentile(tally.commands, 99), "query_p99": percentile(tally.queries, 99), "visible": vis,
+           "errors": tally.errors, "never_visible": tally.never_visible, "shed": tally.shed,
+           "cpu_ms_total": 1000 * sum(cpu.values()) / orders, "cpu_ms_own": 1000 * own / orders}
+    print(f"\n-- offered {rate:g} orders/s for {seconds:g} s: achieved {row['achieved']:.1f} orders/s; commands p50 "
+          f"{row['cmd_p50'] * 1000:.0f} ms p99 {row['cmd_p99'] * 1000:.0f} ms; queries p99 "
+          f"{row['query_p99'] * 1000:.0f} ms; errors {tally.errors}; shed (503) {tally.shed}; statuses "
+          f"{dict(sorted(tally.statuses.items()))}")
+    print("   command -> visible p50 / p99 ms: " + ", ".join(
+        f"{k} {a * 1000:.0f} / {b * 1000:.0f}" for k, (a, b) in vis.items()) + f"; never visible {tally.never_visible}")
+    print(f"   CPU per order: {row['cpu_ms_total']:.1f} ms in all processes, {row['cpu_ms_own']:.1f} ms in the "
+          "project's own: " + ", ".join(f"{k} {1000 * v / orders:.1f}" for k, v in sorted(
+              cpu.items(), key=lambda kv: -kv[1]) if 1000 * v / orders >= 0.05))
+    return row
+
+
+def within_capacity(row: dict) -> bool:
+    worst_visible = max((p99 for _, p99 in row["visible"].values() if p99 == p99), default=float("inf"))
+    return row["cmd_p99"] <= CAPACITY["command_p99_s"] and worst_visible <= CAPACITY["visible_p99_s"] \
+        and row["errors"] == 0 and row["never_visible"] == 0 and row["shed"] == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rates", default="25,50,75,100,150,200", help="offered orders/s per step")
+    parser.add_argument("--step-s", type=float, default=30.0)
+    parser.add_argument("--customers", type=int, default=1000)
+    parser.add_argument("--products", type=int, default=200)
+    parser.add_argument("--overload-s", type=float, default=30.0)
+    args = parser.parse_args(argv)
+    run = SystemRun(get_settings(), Path(tempfile.mkdtemp(prefix="bench-system-")))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; gateway (relay inside), query API and one "
+          f"worker per projection on the same machine as every server; logs in {run.log_dir}; "
+          f"{time.strftime('%Y-%m-%d %H:%M')}")
+    rows = []
+    try:
+        gateway, query = run.start()
+        started = time.monotonic()
+        shop = run.seed(gateway, args.customers, args.products)
+        print(f"seeded {args.products} products and {args.customers} customers in {time.monotonic() - started:.0f} s")
+        time.sleep(SETTLE_S)
+        for rate in [float(r) for r in args.rates.split(",")]:
+            before = process_cpu()
+            tally = asyncio.run(step(rate, args.step_s, shop, gateway, query, run.token))
+            rows.append(report(rate, args.step_s, tally, cpu_by_role(before, process_cpu(), run.own)))
+            time.sleep(SETTLE_S)
+        fit = [r for r in rows if within_capacity(r)]
+        capacity = max((r["offered"] for r in fit), default=0.0)
+        print(f"\ncapacity: {capacity:g} orders/s (the highest step with command p99 <= 100 ms, visible p99 <= 1 s, "
+              "no errors, nothing shed)")
+        overload(run, shop, gateway, query, 2 * max(capacity, float(args.rates.split(",")[0])), args.overload_s)
+    finally:
+        run.stop_children()
+        for problem in run.cleanup():
+            print(f"cleanup: {problem}")
+    return 0
+
+
+def overload(run: SystemRun, shop: Shop, gateway: str, query: str, rate: float, seconds: float) -> None:
+    before = process_cpu()
+    tally = asyncio.run(step(rate, seconds, shop, gateway, query, run.token))
+    ended = time.monotonic()
+    print("\n== overload (twice the capacity)")
+    report(rate, seconds, tally, cpu_by_role(before, process_cpu(), run.own))
+    print(f"   accepted commands p99 {percentile(tally.accepted, 99) * 1000:.0f} ms ({len(tally.accepted)}); shed "
+          f"{tally.shed} of {sum(tally.statuses.values())} requests")
+    while (backlog := run.lag()) > 0 and time.monotonic() - ended < 120:
+        time.sleep(0.5)
+    print(f"   projections caught up (offset lag 0) {time.monotonic() - ended:.1f} s after the overload ended "
+          f"(backlog now {backlog})")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
