@@ -147,7 +147,7 @@ async def until_visible(tally: Tally, what: str, since: float, read, check) -> N
     tally.never_visible += 1
 
 
-async def one(kind: str, n: int, shop: Shop, gw: LeanHttp, q: LeanHttp, tally: Tally,
+async def one(kind: str, shop: Shop, gw: LeanHttp, q: LeanHttp, tally: Tally,
               followers: set[asyncio.Task]) -> None:
     """One request of the mix; a sampled order or product update also gets its visibility followed."""
     rng = shop.rng
@@ -215,7 +215,7 @@ async def offer(rate: float, duration_s: float, shop: Shop, gw: LeanHttp, q: Lea
         if (wait := due - time.perf_counter()) > 0:
             await asyncio.sleep(wait)
         n += 1
-        task = asyncio.create_task(one(shop.rng.choices(kinds, weights)[0], n, shop, gw, q, tally, followers))
+        task = asyncio.create_task(one(shop.rng.choices(kinds, weights)[0], shop, gw, q, tally, followers))
         running.add(task)
         task.add_done_callback(running.discard)
     await asyncio.gather(*running, *followers)

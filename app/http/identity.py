@@ -108,15 +108,13 @@ BEARER = HTTPBearer(auto_error=False, scheme_name="bearer", description=(
 async def presented(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
                     ) -> Principal | None:
     """The caller of a bearer token, if one was sent; a token that was sent must be valid (401), even where
-    none is needed. Sets `request.state.principal` (subject only, never the token)."""
+    none is needed."""
     if credentials is None:
         return None
     try:
-        principal = await request.app.state.verifier.principal(credentials.credentials)
+        return await request.app.state.verifier.principal(credentials.credentials)
     except Unauthenticated as exc:
         raise unauthenticated(str(exc)) from None
-    request.state.principal = principal
-    return principal
 
 
 MaybeCaller = Annotated[Principal | None, Depends(presented)]

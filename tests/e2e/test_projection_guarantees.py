@@ -10,8 +10,6 @@ import threading
 import time
 import uuid
 
-import httpx
-
 from app.settings import Settings
 from agents.projections import consumer_group
 from connectors import kafka, postgres, redis
