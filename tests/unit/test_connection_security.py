@@ -207,6 +207,21 @@ def test_the_stack_generates_private_secrets_once(tmp_path, monkeypatch):
     assert s.write_db_password.get_secret_value() == first["write_db_password"]
 
 
+def test_an_empty_secret_left_by_a_crash_is_generated_again(tmp_path):
+    """A process that died between creating a secret's file and writing it left it empty; the next start
+    fills it (written aside, then linked into place) instead of authenticating with an empty password."""
+    from deploy.local.credentials import ensure_secrets
+
+    paths = StackPaths(cache=tmp_path / "cache", state=tmp_path / "state", user=None)
+    directory = tmp_path / "state" / "secrets"
+    directory.mkdir(parents=True)
+    (directory / "redis_password").write_text("")
+    made = ensure_secrets(paths)
+    assert len(made["redis_password"]) >= 43
+    assert (directory / "redis_password").read_text().strip() == made["redis_password"]
+    assert sorted(p.name for p in directory.iterdir()) == sorted(made)  # no temporary file left behind
+
+
 def test_redis_config_holds_only_the_password_digest(tmp_path):
     from deploy.local.services.redis import Redis
 
