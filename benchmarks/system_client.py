@@ -102,7 +102,8 @@ MIX = {"create_order": 1.0, "add_item": 0.10, "cancel": 0.08, "ship": 0.30, "del
        "update_product": 0.05, "read_order": 0.50, "read_history": 0.30, "search": 0.50}
 SAMPLE_EVERY = 10          # every tenth order is followed until visible (every product update: they are rare)
 VISIBLE_WITHIN_S = 10.0
-POLL_S = 0.05              # a follower's reads are load too: 20 a second per followed change at most
+WAIT_MS = 2000             # an order follower reads with its consistency token: woken when the view has it
+POLL_S = 0.1               # search has no token: a product update's follower polls, 10 reads a second at most
 
 
 class Shop:
@@ -133,7 +134,9 @@ async def timed(tally: Tally, kind: str, call) -> tuple[int, bytes]:
     return status, body
 
 
-async def until_visible(tally: Tally, what: str, since: float, read, check) -> None:
+async def until_visible(tally: Tally, what: str, since: float, read, check, pause_s: float = 0.0) -> None:
+    """Read until `check` accepts the answer. Order reads carry the command's consistency token, so each read
+    waits server-side until the projection announces the version (up to WAIT_MS) instead of polling."""
     deadline = since + VISIBLE_WITHIN_S
     while time.perf_counter() < deadline:
         try:
@@ -142,8 +145,8 @@ async def until_visible(tally: Tally, what: str, since: float, read, check) -> N
                 tally.visible[what].append(time.perf_counter() - since)
                 return
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
-            pass
-        await asyncio.sleep(POLL_S)
+            await asyncio.sleep(POLL_S)
+        await asyncio.sleep(pause_s)
     tally.never_visible += 1
 
 
@@ -159,16 +162,20 @@ async def one(kind: str, shop: Shop, gw: LeanHttp, q: LeanHttp, tally: Tally,
                                                                                         "items": lines}))
         if status == 201:
             tally.orders += 1
-            order = json.loads(body)["order_id"]
+            placed = json.loads(body)
+            order, token = placed["order_id"], {"Consistency-Token": f"order:{placed['order_id']}@{placed['version']}"}
             shop.pending.append(order)
             shop.placed.append((order, customer))
             if tally.orders % SAMPLE_EVERY == 0:
                 since = time.perf_counter()
                 followers.add(asyncio.create_task(until_visible(
-                    tally, "order view", since, lambda: q.request("GET", f"/api/orders/{order}"),
+                    tally, "order view", since,
+                    lambda: q.request("GET", f"/api/orders/{order}?wait_ms={WAIT_MS}", headers=token),
                     lambda b: b.get("freshness") != "write-model")))  # answered from its view
                 followers.add(asyncio.create_task(until_visible(
-                    tally, "history", since, lambda: q.request("GET", f"/api/customers/{customer}/orders?size=100"),
+                    tally, "history", since,
+                    lambda: q.request("GET", f"/api/customers/{customer}/orders?size=100&wait_ms={WAIT_MS}",
+                                      headers=token),
                     lambda b: any(o["order_id"] == order for o in b["orders"]))))
     elif kind in ("add_item", "cancel", "ship"):
         order = shop.take(shop.pending)
@@ -195,7 +202,7 @@ async def one(kind: str, shop: Shop, gw: LeanHttp, q: LeanHttp, tally: Tally,
                 tally, "search", time.perf_counter(),
                 lambda: q.request("GET", f"/api/products/search?q={name.replace(' ', '+')}&size=5"),
                 lambda b: any(r["product_id"] == product and Decimal(str(r["price"])) == Decimal(price)
-                              for r in b["results"]))))
+                              for r in b["results"]), POLL_S)))
     elif kind == "read_order" and shop.placed:
         await timed(tally, "query", q.request("GET", f"/api/orders/{rng.choice(shop.placed)[0]}"))
     elif kind == "read_history" and shop.placed:
