@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -111,9 +112,15 @@ class SalesStats(Projection):
     sinks = "redis+mongodb+elasticsearch"
 
     def __init__(self, redis, db: AsyncDatabase, es: AsyncElasticsearch | None, alias: str = PRODUCTS_ALIAS,
-                 sync_limit: int = 2000, version: int = 1, copy_on_write: bool = True) -> None:
+                 sync_limit: int = 2000, version: int = 1, copy_on_write: bool = True,
+                 copy_interval_s: float = 0.0) -> None:
         self.redis = redis
         self.copy_on_write = copy_on_write
+        # Copies after a write wait until this long after the previous copy: under load a hot product's
+        # figure is copied once per interval instead of once per batch (each copy is a read and a write of
+        # the product in MongoDB and Elasticsearch); the counters themselves are exact in Redis at once.
+        self.copy_interval_s = copy_interval_s
+        self.next_copy = 0.0
         self.copies_waiting: set[str] = set()   # stores whose copies wait for them to come back
         self.db = db
         self.es = es
@@ -168,7 +175,7 @@ class SalesStats(Projection):
                 args += [key, fld, amount]
         await self._script(args=args)
         failpoints.reach("sales-stats.between-writes")
-        if self.copy_on_write:
+        if self.copy_on_write and time.monotonic() >= self.next_copy:
             await self.sync_products(probe=False)
         return {}
 
@@ -224,6 +231,7 @@ class SalesStats(Projection):
         Each copy is on its own: a store that is unavailable keeps its products dirty (copied again on the
         next batch or tick) without holding up the other store, nor the counting in Redis — the ledger is
         this projection's progress, the copies follow it."""
+        self.next_copy = time.monotonic() + self.copy_interval_s
         product_ids = await self.redis.srandmember(self.prefix + DIRTY, self.sync_limit)
         if not product_ids:
             return

@@ -52,6 +52,9 @@ class Settings(commit_guard.Settings, dead_letters.Settings, mongo.Settings, ela
     projection_batch_wait_s: float
     projection_group_suffix: str
     projection_tick_s: float
+    sales_copy_interval_s: float
+    worker_fetch_min_bytes: int
+    worker_fetch_wait_ms: int
     topic_partitions: int
     topic_prefix: str
     worker_data_dir: str
@@ -97,7 +100,8 @@ async def build_projection(name: str, settings: Settings) -> BuiltProjection:
     if name == "product-search":
         return BuiltProjection(ProductSearch(es, alias), closers, db, redis)
     if name == "sales-stats":
-        return BuiltProjection(SalesStats(redis, db, es, alias), closers, db, redis)
+        return BuiltProjection(SalesStats(redis, db, es, alias,
+                                                     copy_interval_s=settings.sales_copy_interval_s), closers, db, redis)
     raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
 
 
@@ -293,6 +297,8 @@ def create_worker_app(name: str, settings: Settings, prepare_codecs: PrepareCode
     if name not in PROJECTIONS:
         raise ValueError(f"unknown projection {name!r}; known: {', '.join(PROJECTIONS)}")
     app = faust_app(name, settings)
+    app.consumer.fetch_wait_ms, app.consumer.fetch_min_bytes = settings.worker_fetch_wait_ms, \
+        settings.worker_fetch_min_bytes
     sources = source_topics(name, settings.topic_prefix)
     topic = app.topic(*sources, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     # While the worker waits for a store its agent takes nothing from the stream, so Faust's flow control

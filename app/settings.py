@@ -132,6 +132,13 @@ class Settings(BaseSettings):
         "earliest", description="Where a new consumer group starts reading.")
     worker_session_timeout_s: float = Field(10.0, ge=3, le=300,
                                             description="How soon a dead worker's partitions move to another.")
+    worker_fetch_wait_ms: int = Field(100, ge=0, le=1500, description=(
+        "How long a worker's Kafka fetch may wait to fill (fewer, larger fetches; adds at most this to a view's lag)."))
+    worker_fetch_min_bytes: int = Field(1 << 20, ge=1, le=50 << 20, description=(
+        "Bytes that end a worker's fetch wait early (a backlog is fetched at full speed)."))
+    sales_copy_interval_s: float = Field(1.0, ge=0, le=60, description=(
+        "Least time between two copies of the sales figures into MongoDB and the search index (counters in "
+        "Redis are exact at once; a copy per interval coalesces a hot product's changes)."))
     projection_tick_s: float = Field(2.0, gt=0, le=300, description="Interval of a projection's periodic upkeep.")
     gap_hold_seconds: float = Field(30.0, gt=0, le=3600, description="How long a sequence gap is held.")
     worker_data_dir: str = Field(str(Path(tempfile.gettempdir()) / "cqrs-workers"),
