@@ -45,6 +45,7 @@ from connectors import postgres
 from domain import access
 from domain.errors import InvalidCommand
 from domain.read_models import sales_day_key
+from schemas import TOPICS
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.stores = Stores(settings)
-        heads = HeadsFollower(postgres.conninfo(settings), settings.connect_timeout_s)
+        heads = HeadsFollower(postgres.conninfo(settings), settings.connect_timeout_s,
+                              [settings.topic_prefix + t for t in TOPICS])
         app.state.freshness = reader = FreshnessReader(settings, heads, time.time)
         app.state.announcements = Announcements(app.state.stores.redis, [reader.order_views_channel])
         following = [asyncio.create_task(heads.run(), name="published-heads"),

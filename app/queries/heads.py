@@ -9,6 +9,7 @@ true unless the two lose PostgreSQL separately, which `/readyz` shows.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 import psycopg
 
@@ -20,9 +21,13 @@ MAX_BACKOFF_S = 5.0
 
 
 class HeadsFollower:
-    def __init__(self, conninfo: str, connect_timeout_s: float) -> None:
+    """Follows the heads of `topics` only: the table also holds the heads of every other topic prefix the
+    relay ever published under, and each notification re-reads what this query API serves, no more."""
+
+    def __init__(self, conninfo: str, connect_timeout_s: float, topics: Collection[str]) -> None:
         self.conninfo = conninfo  # connectors.postgres.conninfo: may hold the password, never log it
         self.connect_timeout = max(1, int(connect_timeout_s))
+        self.topics = sorted(topics)
         self.heads: dict[tuple[str, int], int] = {}
 
     def head(self, topic: str, partition: int) -> int | None:
@@ -45,5 +50,6 @@ class HeadsFollower:
                     break
 
     async def _load(self, conn: psycopg.AsyncConnection) -> None:
-        cur = await conn.execute("select topic, partition, next_offset from stream_heads")
+        cur = await conn.execute("select topic, partition, next_offset from stream_heads where topic = any(%s)",
+                                 [self.topics])
         self.heads = {(topic, partition): head for topic, partition, head in await cur.fetchall()}
