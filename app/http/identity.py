@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Annotated, Any
 
@@ -26,6 +27,8 @@ ASYMMETRIC = ["RS256", "RS384", "RS512", "ES256", "ES384", "PS256"]
 MAX_TOKEN_CHARS = 8192
 JWKS_CACHE_S = 300
 MAX_TTL_S = 30 * 24 * 3600
+VERIFIED_CACHE_S = 60.0     # how long a verified token is taken without checking its signature again
+VERIFIED_CACHE_SIZE = 10_000
 
 
 class Unauthenticated(Exception):
@@ -34,7 +37,12 @@ class Unauthenticated(Exception):
 
 class TokenVerifier:
     """Checks signature, expiry, issuer and audience; the JWKS keys are cached (PyJWKClient, bounded by
-    JWKS_CACHE_S) and fetched in a worker thread so a slow provider never blocks the event loop."""
+    JWKS_CACHE_S) and fetched in a worker thread so a slow provider never blocks the event loop.
+
+    A token that verified is remembered (at most VERIFIED_CACHE_SIZE, each for VERIFIED_CACHE_S and never
+    past its expiry): a client sends the same token with every request, and checking its signature each
+    time was a measurable share of a request's CPU. A key the provider withdraws therefore stops being
+    accepted within JWKS_CACHE_S + VERIFIED_CACHE_S; tokens that fail are never remembered."""
 
     def __init__(self, settings: Settings) -> None:
         if settings.auth_jwks_url:
@@ -50,10 +58,25 @@ class TokenVerifier:
                                "in CQRS_SECRETS_DIR) or AUTH_JWKS_URL")
         self.issuer, self.audience = settings.auth_issuer, settings.auth_audience
         self.roles_claim, self.leeway = settings.auth_roles_claim, settings.auth_leeway_s
+        self.verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()  # token -> (who, good until)
 
     async def principal(self, token: str) -> Principal:
         if len(token) > MAX_TOKEN_CHARS:
             raise Unauthenticated("the bearer token is too long")
+        now = time.time()
+        known = self.verified.get(token)
+        if known is not None:
+            if now < known[1]:
+                return known[0]
+            del self.verified[token]
+        who, expires = await self._verify(token)
+        self.verified[token] = (who, min(expires + self.leeway, now + VERIFIED_CACHE_S))
+        if len(self.verified) > VERIFIED_CACHE_SIZE:
+            self.verified.popitem(last=False)
+        return who
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
+        """The token's principal and expiry (epoch seconds), or Unauthenticated with the reason."""
         try:
             key: Any = self.secret
             if self.jwks is not None:
@@ -74,7 +97,7 @@ class TokenVerifier:
         customer_id = claims.get("customer_id")
         try:
             return principal_from_claims(str(claims["sub"]), roles,
-                                         customer_id if isinstance(customer_id, str) else None)
+                                         customer_id if isinstance(customer_id, str) else None), float(claims["exp"])
         except ValueError as exc:
             raise Unauthenticated(f"the bearer token is not valid: {exc}") from None
 

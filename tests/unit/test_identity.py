@@ -113,3 +113,36 @@ def test_an_unreachable_provider_is_a_401_not_a_hang():
     with pytest.raises(Unauthenticated, match="keys cannot be fetched"):
         verify(settings, jwt.encode(claims(), "k" * 40, algorithm="HS256", headers={"kid": "k1"}))
     assert time.monotonic() - started < 5
+
+
+def test_a_remembered_token_is_refused_once_it_expires():
+    settings = LOCAL.model_copy(update={"auth_leeway_s": 0.0})
+    verifier = TokenVerifier(settings)
+    token = issue_token(settings, [Role.admin], subject="admin:short", now=time.time() - 3598.5)  # 1.5 s left
+    assert asyncio.run(verifier.principal(token)).subject == "admin:short"
+    assert token in verifier.verified
+    time.sleep(2.0)
+    with pytest.raises(Unauthenticated, match="has expired"):
+        asyncio.run(verifier.principal(token))
+
+
+def test_remembering_a_token_never_lets_another_through():
+    verifier = TokenVerifier(LOCAL)
+    good = issue_token(LOCAL, [Role.admin], subject="admin:a")
+    asyncio.run(verifier.principal(good))
+    head, payload, signature = good.split(".")
+    forged = jwt.encode({**jwt.decode(good, options={"verify_signature": False}), "sub": "admin:b"}, "t" * 40,
+                        algorithm="HS256")
+    with pytest.raises(Unauthenticated, match="signature does not verify"):
+        asyncio.run(verifier.principal(forged))
+    with pytest.raises(Unauthenticated):
+        asyncio.run(verifier.principal(f"{head}.{payload}.{signature[:-4]}{'AAAA' if signature[-4:] != 'AAAA' else 'BBBB'}"))
+
+
+def test_the_remembered_tokens_are_bounded(monkeypatch):
+    monkeypatch.setattr("app.http.identity.VERIFIED_CACHE_SIZE", 5)
+    verifier = TokenVerifier(LOCAL)
+    tokens = [issue_token(LOCAL, [Role.admin], subject=f"admin:{i}") for i in range(8)]
+    for token in tokens:
+        asyncio.run(verifier.principal(token))
+    assert list(verifier.verified) == tokens[-5:]
