@@ -12,7 +12,9 @@ import pytest
 from faust.transport.consumer import ConsumerMessage
 from faust.types import TP
 
-from agents.transport import GuardedConsumer, Transport, broker_urls
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from agents.transport import BatchedFetchThread, GuardedConsumer, Transport, broker_urls
 
 
 class FixedSource:
@@ -88,3 +90,38 @@ def test_commit_guard_refuses_an_app_on_another_transport() -> None:
     guard = CommitGuard(app, Settings(), "order-views", ["orders"])
     with pytest.raises(RuntimeError, match="guarded://"):
         guard.attach()
+
+
+def simple_config(consumer) -> dict:
+    """The plain settings an aiokafka consumer and its client were built with (their scalar attributes)."""
+    def scalars(obj, prefix: str) -> dict:
+        return {prefix + k: v for k, v in vars(obj).items() if isinstance(v, (int, str, float, bool, type(None), tuple))}
+    return {**scalars(consumer, ""), **scalars(consumer._client, "client.")}
+
+
+async def built_consumers() -> tuple[dict, dict]:
+    app = faust.App("transport-test", broker=broker_urls("localhost:1"), web_enabled=False,
+                    consumer_auto_offset_reset="earliest", broker_session_timeout=12)
+    consumer = app.consumer
+    consumer.fetch_wait_ms, consumer.fetch_min_bytes = 100, 1 << 20
+    loop = asyncio.get_running_loop()
+    ours = BatchedFetchThread(consumer, loop=loop, beacon=consumer.beacon)._create_worker_consumer(app.transport)
+    faust_own = faust_aiokafka.AIOKafkaConsumerThread(consumer, loop=loop, beacon=consumer.beacon
+                                                      )._create_worker_consumer(app.transport)
+    try:
+        return simple_config(ours), simple_config(faust_own)
+    finally:
+        await ours.stop()
+        await faust_own.stop()
+
+
+def test_the_workers_consumer_is_fausts_own_but_for_the_fetch_wait() -> None:
+    ours, faust_own = asyncio.run(built_consumers())
+    differ = {k: (ours.get(k), faust_own.get(k)) for k in ours.keys() | faust_own.keys() if ours.get(k) != faust_own.get(k)}
+    assert differ == {"_fetch_min_bytes": (1 << 20, 1), "_fetch_max_wait_ms": (100, 1500)}
+    assert len(ours) > 30 and ours["_group_id"] == "transport-test"
+
+
+def test_a_guarded_app_uses_the_batched_fetch_thread() -> None:
+    app = faust.App("transport-test", broker=broker_urls("localhost:1"), web_enabled=False)
+    assert isinstance(app.consumer._thread, BatchedFetchThread)
