@@ -101,8 +101,13 @@ class Settings(BaseSettings):
         "scraper alone); by default it needs an `operator` or `admin` token."))
     # ---- overload: a process sheds `/api/` requests past its capacity instead of queueing them (app/http/admission.py)
     max_in_flight: int = Field(64, ge=1, le=100_000, description=(
-        "Requests under /api/ a process handles at once before it answers 503 overloaded (with Retry-After). "
-        "64 x ~4 ms of CPU per command bounds the queueing of an admitted request to about 0.25 s."))
+        "The most requests under /api/ a process handles at once before it answers 503 overloaded (with "
+        "Retry-After); how many it takes below that follows ADMISSION_TARGET_MS."))
+    admission_target_ms: int = Field(100, ge=1, le=60_000, description=(
+        "The time an admitted request should take: slower answers lower the number admitted at once, "
+        "quicker ones raise it again (up to MAX_IN_FLIGHT)."))
+    admission_floor: int = Field(4, ge=1, le=100_000, description=(
+        "The fewest requests admitted at once however slow answers get (capped by MAX_IN_FLIGHT)."))
     admission_wait_ms: int = Field(20, ge=0, le=1000, description=(
         "How long a request may wait for a free slot before it is shed (0: shed at once). At capacity a slot "
         "frees every few ms, so 20 ms absorbs a short burst and still answers a shed request fast."))

@@ -18,31 +18,65 @@ Guarantees:
 - Shed requests count in `http_requests_shed_total{service}`; admitted ones in flight in
   `http_requests_in_flight{service}`.
 
-Defaults (app/settings.py): a command costs the gateway ~4 ms of CPU, and one process runs one event
-loop, so about 250 commands/s per process (a 2-core machine runs two processes at most). 64 in flight
-keep the CPU busy while most of them wait on PostgreSQL, and bound the queueing an admitted request can
-meet to ~64 x 4 ms = 0.25 s. At capacity a slot frees every ~4 ms, so a 20 ms wait absorbs a short burst
-(a handful of slots turn over) and a shed request is still answered well within 50 ms.
+How many at once adapts (LatencyLimit): MAX_IN_FLIGHT is the ceiling, and the number of slots follows
+how long admitted requests take to be answered, additive increase while they are answered within
+ADMISSION_TARGET_MS, multiplicative decrease (at most once per target interval) when they are not,
+never below ADMISSION_FLOOR. A fixed bound cannot know the CPU the process will get: on a machine whose
+cores every server shares, 64 requests in flight meant ~1.7 s for an admitted command under overload,
+8 meant 0.44 s (bench-system). The time counted is the process's own: from admission, or from the end
+of the request body if that came later (a slow upload is the client's time), to the start of the
+answer; a read that asks to wait for its own write (a consistency token or `min_version`) waits by
+request and is not counted.
+
+Defaults (app/settings.py): 64 in flight at most keep the CPU busy while most requests wait on a store;
+the 100 ms target keeps an admitted request's queueing well under 250 ms at the 99th percentile. A 20 ms
+wait for a slot absorbs a short burst and a shed request is still answered well within 50 ms.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import time
 from collections import deque
 
 from prometheus_client import Counter, Gauge
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.http.errors import error_body
+from domain.consistency import HEADER as CONSISTENCY_HEADER
 
 RETRY_AFTER_S = 1
 ADMITTED_PREFIX = "/api/"
+DECREASE = 0.75
+WAITS_BY_REQUEST = (CONSISTENCY_HEADER.lower().encode(), b"min_version=")
 
 SHED = Counter("http_requests_shed_total", "API requests answered 503 overloaded without being handled",
                ["service"])
 IN_FLIGHT = Gauge("http_requests_in_flight", "API requests being handled (admitted, not yet answered)",
                   ["service"])
+
+
+class LatencyLimit:
+    """How many requests to admit at once: AIMD on the time admitted requests take. Each answer within
+    `target_s` adds 1/limit (about one slot per `limit` quick answers); a slower one takes the limit down
+    by DECREASE, at most once per `target_s` so one burst of slow answers counts once."""
+
+    def __init__(self, ceiling: int, floor: int, target_s: float) -> None:
+        self.ceiling, self.floor, self.target_s = ceiling, max(1, min(floor, ceiling)), target_s
+        self.value = float(ceiling)
+        self.calm_until = 0.0
+
+    @property
+    def current(self) -> int:
+        return max(self.floor, int(self.value))
+
+    def observe(self, took_s: float, now: float) -> None:
+        if took_s <= self.target_s:
+            self.value = min(float(self.ceiling), self.value + 1 / self.value)
+        elif now >= self.calm_until:
+            self.value = max(float(self.floor), self.value * DECREASE)
+            self.calm_until = now + self.target_s
 
 
 class Slots:
@@ -81,8 +115,9 @@ class Slots:
                 self.waiters.remove(waiter)
 
     def release(self) -> None:
-        """Hand the slot to the longest waiter still waiting, else return it."""
-        while self.waiters:
+        """Hand the slot to the longest waiter still waiting, else return it (and return it anyway while more
+        are taken than the limit now allows)."""
+        while self.waiters and self.taken <= self.limit:
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(True)
@@ -101,6 +136,12 @@ def route_path(scope: Scope) -> str:
     return path[len(root):] if root and path.startswith(root) else path
 
 
+def waits_by_request(scope: Scope) -> bool:
+    """A read that asks to wait for its own write: its answer may take up to its wait by design."""
+    return WAITS_BY_REQUEST[1] in scope.get("query_string", b"") or any(
+        name == WAITS_BY_REQUEST[0] for name, _ in scope.get("headers", ()))
+
+
 def admitted_path(path: str) -> bool:
     """Whether a request to `path` takes a slot (and may be shed)."""
     return path.startswith(ADMITTED_PREFIX) or path == ADMITTED_PREFIX.rstrip("/")
@@ -109,15 +150,17 @@ def admitted_path(path: str) -> bool:
 class Admission:
     """Bound the `/api/` requests a process handles at once; answer the rest 503 overloaded, fast."""
 
-    def __init__(self, app: ASGIApp, *, max_in_flight: int, wait_ms: int, service: str) -> None:
+    def __init__(self, app: ASGIApp, *, max_in_flight: int, wait_ms: int, service: str, target_ms: int = 100,
+                 floor: int = 4) -> None:
         self.app = app
         self.slots = Slots(max_in_flight)
+        self.limit = LatencyLimit(max_in_flight, floor, target_ms / 1000)
         self.wait_s = wait_ms / 1000
         self.service = service
         self.shed = SHED.labels(service=service)
         self.in_flight = IN_FLIGHT.labels(service=service)
-        body = error_body("overloaded", f"busy: {max_in_flight} requests in flight, the most this process takes; "
-                                        f"retry after {RETRY_AFTER_S} s")
+        body = error_body("overloaded", f"busy: as many requests in flight as this process takes now (at most "
+                                        f"{max_in_flight}); retry after {RETRY_AFTER_S} s")
         self.refusal = json.dumps(body).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -129,10 +172,29 @@ class Admission:
             await self._refuse(send)
             return
         self.in_flight.inc()
+        own_time_from = time.monotonic()
+        answered = 0.0
+
+        async def receiving() -> Message:
+            nonlocal own_time_from
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body"):
+                own_time_from = max(own_time_from, time.monotonic())
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                answered = time.monotonic()
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receiving, sending)
         finally:
             self.in_flight.dec()
+            if answered and not waits_by_request(scope):
+                self.limit.observe(answered - own_time_from, answered)
+                self.slots.limit = self.limit.current
             self.slots.release()
 
     async def _refuse(self, send: Send) -> None:

@@ -1,0 +1,125 @@
+"""How many requests a process admits at once follows how long admitted requests take (app/http/admission.py
+LatencyLimit): slow answers lower it, quick ones raise it back, and neither a client's slow upload nor a
+read that asks to wait for its own write counts as slow."""
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from app.http.admission import Admission, LatencyLimit
+from tests.unit.test_admission import Held, assert_overloaded, asgi_client, new_service, run
+
+
+def test_slow_answers_cut_the_limit_once_per_target_interval_down_to_the_floor_and_quick_ones_raise_it():
+    limit = LatencyLimit(ceiling=64, floor=4, target_s=0.1)
+    limit.observe(0.2, now=10.0)
+    assert limit.current == 48
+    limit.observe(0.2, now=10.05)  # the same burst of slow answers counts once
+    assert limit.current == 48
+    for step in range(1, 20):
+        limit.observe(0.2, now=10.0 + step * 0.11)
+    assert limit.current == 4
+    for _ in range(5):
+        limit.observe(0.01, now=20.0)
+    assert limit.current == 5  # about one more slot per `limit` quick answers
+    for _ in range(10_000):
+        limit.observe(0.01, now=21.0)
+    assert limit.current == 64
+
+
+async def hold_together(client: httpx.AsyncClient, held: Held, keys: list[str], hold_s: float) -> list[int]:
+    """Send one held request per key at once, answer them after `hold_s`; their statuses."""
+    sent = [asyncio.create_task(client.post(f"/api/hold/{key}", content=b"{}")) for key in keys]
+    await asyncio.sleep(hold_s)
+    for key in keys:
+        held.release(key)
+    return [r.status_code for r in await asyncio.gather(*sent)]
+
+
+def test_after_slow_answers_fewer_requests_are_admitted_at_once_and_quick_answers_restore_them():
+    held, service = Held(), new_service()
+    admission = Admission(held.app, max_in_flight=8, wait_ms=0, service=service, target_ms=40, floor=2)
+
+    async def scenario() -> None:
+        async with asgi_client(admission) as client:
+            assert await hold_together(client, held, [f"a{i}" for i in range(8)], 0.15) == [200] * 8
+            assert admission.limit.current == 6  # eight slow answers at once: one cut
+            for round_ in range(6):
+                await hold_together(client, held, [f"b{round_}"], 0.15)
+            assert admission.limit.current == 2
+            statuses = await hold_together(client, held, ["c0", "c1", "c2"], 0.15)
+            assert sorted(statuses) == [200, 200, 503]
+            for i in range(40):
+                held.release(f"quick{i}")
+                assert (await client.post(f"/api/hold/quick{i}", content=b"{}")).status_code == 200
+            assert admission.limit.current >= 3
+            before = held.handled
+            sent = [asyncio.create_task(client.post(f"/api/hold/d{i}", content=b"{}")) for i in range(3)]
+            await held.until_handling(before + 3)  # all three admitted at once
+            for i in range(3):
+                held.release(f"d{i}")
+            assert [r.status_code for r in await asyncio.gather(*sent)] == [200] * 3
+
+    run(scenario)
+
+
+def test_a_slow_upload_and_a_read_that_waits_for_its_own_write_do_not_count_as_slow():
+    held, service = Held(), new_service()
+    admission = Admission(held.app, max_in_flight=8, wait_ms=0, service=service, target_ms=40, floor=2)
+
+    @held.app.get("/api/orders/{order_id}")
+    async def waits(order_id: str) -> dict:
+        await asyncio.sleep(0.15)  # as a read with a consistency token waits for the projection
+        return {"order_id": order_id}
+
+    async def slow_upload() -> int:
+        """A POST whose body arrives 0.15 s after its headers; the handler answers at once."""
+        sent: list[dict] = []
+        chunks = [{"type": "http.request", "body": b"{", "more_body": True},
+                  {"type": "http.request", "body": b"}", "more_body": False}]
+
+        async def receive() -> dict:
+            if len(chunks) == 1:
+                await asyncio.sleep(0.15)
+            return chunks.pop(0) if chunks else {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        held.release("upload")
+        await admission({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                         "scheme": "http", "path": "/api/hold/upload", "raw_path": b"/api/hold/upload",
+                         "root_path": "", "query_string": b"", "headers": [(b"host", b"test")],
+                         "client": ("127.0.0.1", 1), "server": ("test", 80)}, receive, send)
+        return sent[0]["status"]
+
+    async def scenario() -> None:
+        assert await slow_upload() == 200
+        assert admission.limit.current == 8
+        async with asgi_client(admission) as client:
+            r = await client.get("/api/orders/o-1", headers={"Consistency-Token": "order:o-1@2"})
+            assert r.status_code == 200
+            assert (await client.get("/api/orders/o-1?min_version=2")).status_code == 200
+            assert admission.limit.current == 8
+            assert (await client.get("/api/orders/o-1")).status_code == 200  # the same wait, not asked for
+            assert admission.limit.current == 6
+
+    run(scenario)
+
+
+def test_a_shed_answer_says_why():
+    held, service = Held(), new_service()
+    admission = Admission(held.app, max_in_flight=1, wait_ms=0, service=service)
+
+    async def scenario() -> None:
+        async with asgi_client(admission) as client:
+            first = asyncio.create_task(client.post("/api/hold/x", content=b"{}"))
+            await held.until_handling(1)
+            shed = await client.post("/api/hold/y", content=b"{}")
+            assert_overloaded(shed)
+            assert "at most 1" in shed.json()["message"]
+            held.release("x")
+            await first
+
+    run(scenario)
