@@ -96,7 +96,10 @@ class CommandHandlers:
     async def _execute(self, ctx: CommandContext, decide: Callable[[AsyncConnection], Awaitable[Decided]]
                        ) -> CommandResult:
         try:
-            async with self.pool.connection() as conn:
+            # Pipeline mode: BEGIN goes out with the first read and COMMIT with the writes, so a command
+            # costs two round trips to PostgreSQL (read, then write + commit) instead of four. Errors
+            # surface at those points, still inside this block.
+            async with self.pool.connection() as conn, conn.pipeline():
                 async with conn.transaction():
                     if ctx.idempotency_key:
                         earlier = await _claim_idempotency_key(conn, ctx)
