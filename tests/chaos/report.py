@@ -109,7 +109,7 @@ def _render(r: ChaosResult) -> list[str]:
         "-- totals",
         f"commands sent       {t.sent}  (2xx {t.commands['2xx']}, refused 4xx {t.commands['refused']}, "
         f"other 4xx {t.commands['4xx']}, 5xx {t.commands['5xx']}, no answer {t.commands['error']}; "
-        f"shed {t.shed}, late {t.late}, max delay {t.max_delay_s:.2f}s; latency p50 "
+        f"shed {t.shed}, sent again after 503 overloaded {t.overloaded_retries}, late {t.late}, max delay {t.max_delay_s:.2f}s; latency p50 "
         f"{percentile(t.latencies_s, 0.5) * 1000:.0f}ms p99 {percentile(t.latencies_s, 0.99) * 1000:.0f}ms)",
         f"query reads         {sum(t.reads.values())}  (2xx {t.reads['2xx']}, "
         f"4xx {t.reads['4xx'] + t.reads['refused']}, 5xx {t.reads['5xx']}, no answer {t.reads['error']})",

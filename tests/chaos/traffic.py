@@ -1,7 +1,9 @@
 """Open-loop traffic: requests are due at times drawn in advance (Poisson arrivals at the configured rate,
 from a seeded generator), and each is sent at its due time whatever earlier requests are doing — a slow
 answer never slows the schedule, as with real users. In-flight requests are bounded: a request due while
-the bound is reached is shed (counted), so a stalled gateway cannot pile up unbounded work.
+the bound is reached is shed (counted), so a stalled gateway cannot pile up unbounded work. A request the
+server sheds (`503 overloaded`, which it answers before doing anything) is sent again after its
+Retry-After with jitter, as the README asks of clients, at most OVERLOADED_RETRIES times (counted).
 
 Runs an asyncio loop in a background thread (httpx.AsyncClient); the counters are read after `stop`.
 """
@@ -20,6 +22,7 @@ from tests.chaos.workload import Call, CommandMix
 REQUEST_TIMEOUT_S = 10.0
 KEEPALIVE_S = 1.0  # below the servers' 5 s keep-alive, so a pooled connection is never reused as it closes
 LATE_S = 1.0  # a request sent this much after its due time counts as late (the sender fell behind)
+OVERLOADED_RETRIES = 5
 EXAMPLES = 5
 
 
@@ -52,6 +55,7 @@ class TrafficStats:
     by_command: Counter = field(default_factory=Counter)    # (command, outcome) -> count
     reads: Counter = field(default_factory=Counter)         # query-API reads: outcome -> count
     shed: int = 0
+    overloaded_retries: int = 0                             # commands and reads sent again after a 503 overloaded
     late: int = 0
     max_delay_s: float = 0.0
     latencies_s: list[float] = field(default_factory=list)  # answered commands, send to answer
@@ -139,14 +143,19 @@ class OpenLoopTraffic:
 
     async def _send(self, client: httpx.AsyncClient, call: Call, is_read: bool) -> None:
         sent = asyncio.get_running_loop().time()
-        code = None
-        try:
-            r = await client.request(call.method, call.path, json=call.body)
-            status, text = r.status_code, r.text
-            if 400 <= status < 500:
-                code = _error_code(r)
-        except httpx.HTTPError as exc:
-            status, text = None, f"{type(exc).__name__}: {exc}"
+        for attempt in range(OVERLOADED_RETRIES + 1):
+            code = None
+            try:
+                r = await client.request(call.method, call.path, json=call.body)
+                status, text = r.status_code, r.text
+                if 400 <= status < 500 or status == 503:
+                    code = _error_code(r)
+            except httpx.HTTPError as exc:
+                status, text = None, f"{type(exc).__name__}: {exc}"
+            if status != 503 or code != "overloaded" or attempt == OVERLOADED_RETRIES:
+                break
+            self.stats.overloaded_retries += 1
+            await asyncio.sleep(float(r.headers.get("Retry-After", "1")) * (1 + random.random() / 2))
         kind = outcome(status, code)
         if is_read:
             self.stats.reads[kind] += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from prometheus_client import REGISTRY
 
 from app.http.admission import Admission, LatencyLimit
 from tests.unit.test_admission import Held, assert_overloaded, asgi_client, new_service, run
@@ -45,8 +46,8 @@ def test_after_slow_answers_fewer_requests_are_admitted_at_once_and_quick_answer
         async with asgi_client(admission) as client:
             assert await hold_together(client, held, [f"a{i}" for i in range(8)], 0.15) == [200] * 8
             assert admission.limit.current == 6  # eight slow answers at once: one cut
-            for round_ in range(6):
-                await hold_together(client, held, [f"b{round_}"], 0.15)
+            for round_ in range(4):  # each round as many slow requests as the limit takes: 6 -> 4 -> 3 -> 2
+                await hold_together(client, held, [f"b{round_}-{i}" for i in range(admission.limit.current)], 0.15)
             assert admission.limit.current == 2
             statuses = await hold_together(client, held, ["c0", "c1", "c2"], 0.15)
             assert sorted(statuses) == [200, 200, 503]
@@ -73,7 +74,7 @@ def test_a_slow_upload_and_a_read_that_waits_for_its_own_write_do_not_count_as_s
         await asyncio.sleep(0.15)  # as a read with a consistency token waits for the projection
         return {"order_id": order_id}
 
-    async def slow_upload() -> int:
+    async def slow_upload(key: str) -> int:
         """A POST whose body arrives 0.15 s after its headers; the handler answers at once."""
         sent: list[dict] = []
         chunks = [{"type": "http.request", "body": b"{", "more_body": True},
@@ -87,22 +88,25 @@ def test_a_slow_upload_and_a_read_that_waits_for_its_own_write_do_not_count_as_s
         async def send(message: dict) -> None:
             sent.append(message)
 
-        held.release("upload")
+        held.release(key)
         await admission({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                         "scheme": "http", "path": "/api/hold/upload", "raw_path": b"/api/hold/upload",
+                         "scheme": "http", "path": f"/api/hold/{key}", "raw_path": f"/api/hold/{key}".encode(),
                          "root_path": "", "query_string": b"", "headers": [(b"host", b"test")],
                          "client": ("127.0.0.1", 1), "server": ("test", 80)}, receive, send)
         return sent[0]["status"]
 
     async def scenario() -> None:
-        assert await slow_upload() == 200
+        assert await asyncio.gather(*[slow_upload(f"up{i}") for i in range(8)]) == [200] * 8
         assert admission.limit.current == 8
         async with asgi_client(admission) as client:
-            r = await client.get("/api/orders/o-1", headers={"Consistency-Token": "order:o-1@2"})
-            assert r.status_code == 200
-            assert (await client.get("/api/orders/o-1?min_version=2")).status_code == 200
+            async def eight(path: str, headers: dict[str, str] | None = None) -> list[int]:
+                answers = await asyncio.gather(*[client.get(path, headers=headers) for _ in range(8)])
+                return [r.status_code for r in answers]
+
+            assert await eight("/api/orders/o-1", {"Consistency-Token": "order:o-1@2"}) == [200] * 8
+            assert await eight("/api/orders/o-1?min_version=2") == [200] * 8
             assert admission.limit.current == 8
-            assert (await client.get("/api/orders/o-1")).status_code == 200  # the same wait, not asked for
+            assert await eight("/api/orders/o-1") == [200] * 8  # the same wait, not asked for
             assert admission.limit.current == 6
 
     run(scenario)
@@ -121,5 +125,18 @@ def test_a_shed_answer_says_why():
             assert "at most 1" in shed.json()["message"]
             held.release("x")
             await first
+
+    run(scenario)
+
+
+def test_the_limit_in_force_is_a_metric():
+    held, service = Held(), new_service()
+    admission = Admission(held.app, max_in_flight=8, wait_ms=0, service=service, target_ms=40, floor=2)
+
+    async def scenario() -> None:
+        assert REGISTRY.get_sample_value("http_admission_limit", {"service": service}) == 8
+        async with asgi_client(admission) as client:
+            await hold_together(client, held, [f"slow{i}" for i in range(8)], 0.15)
+        assert REGISTRY.get_sample_value("http_admission_limit", {"service": service}) == 6
 
     run(scenario)
