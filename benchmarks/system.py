@@ -179,6 +179,7 @@ def overload(run: SystemRun, shop: Shop, gateway: str, query: str, rate: float, 
     report(rate, seconds, tally, cpu_by_role(before, process_cpu(), run.own))
     print(f"   accepted commands p99 {percentile(tally.accepted, 99) * 1000:.0f} ms ({len(tally.accepted)}); shed "
           f"{tally.shed} of {sum(tally.statuses.values())} requests")
+    at_end = worst
     within_bound = 0.0 if worst is not None and worst <= LAG_BOUND_S else None
     left = backlog
     while left > 0 and time.monotonic() - ended < 120:
@@ -188,7 +189,7 @@ def overload(run: SystemRun, shop: Shop, gateway: str, query: str, rate: float, 
             within_bound = time.monotonic() - ended
     drained = time.monotonic() - ended
     print(f"   when it ended: {backlog:,} events behind (event-time lag "
-          f"{'unknown' if worst is None else f'{worst:.1f} s'}); lag within {LAG_BOUND_S:g} s after "
+          f"{'not readable' if at_end is None else f'{at_end:.1f} s'}); lag within {LAG_BOUND_S:g} s after "
           f"{'-' if within_bound is None else f'{within_bound:.1f} s'}; offset lag 0 after {drained:.1f} s"
           + (f" (still {left:,} behind)" if left else ""))
     if backlog >= 2 * ingest and not left:  # a backlog of at least two seconds of input: its drain is measurable
