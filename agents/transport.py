@@ -38,7 +38,8 @@ class BatchedFetchThread(aiokafka.AIOKafkaConsumerThread):
     Faust fetches with aiokafka's default of one byte: every record the relay publishes wakes each worker
     for a fetch of its own, and at a few dozen orders a second that per-fetch work (aiokafka, Faust's
     thread hand-over, the broker's fetch) was a fifth of a worker's CPU. Letting a fetch wait briefly
-    gathers what arrives meanwhile into one response; the batch wait of the projection is longer anyway.
+    gathers what arrives meanwhile into one response. The settings default to Faust's own values (see
+    README: Projections for why batching is not the default yet).
     Faust hard-codes the fetch wait where it builds the consumer, so that one method is restated here with
     Faust's own arguments (tests/unit/test_transport.py compares them with Faust's)."""
 
