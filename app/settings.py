@@ -103,9 +103,9 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(64, ge=1, le=100_000, description=(
         "The most requests under /api/ a process handles at once before it answers 503 overloaded (with "
         "Retry-After); how many it takes below that follows ADMISSION_TARGET_MS."))
-    admission_target_ms: int = Field(50, ge=1, le=60_000, description=(
+    admission_target_ms: int = Field(0, ge=0, le=60_000, description=(
         "The time an admitted request should take: slower answers lower the number admitted at once, "
-        "quicker ones raise it again (up to MAX_IN_FLIGHT)."))
+        "quicker ones raise it again (up to MAX_IN_FLIGHT). 0 (the default): a fixed MAX_IN_FLIGHT."))
     admission_floor: int = Field(4, ge=1, le=100_000, description=(
         "The fewest requests admitted at once however slow answers get (capped by MAX_IN_FLIGHT)."))
     admission_wait_ms: int = Field(20, ge=0, le=1000, description=(

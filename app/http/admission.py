@@ -28,10 +28,11 @@ of the request body if that came later (a slow upload is the client's time), to 
 answer; a read that asks to wait for its own write (a consistency token or `min_version`) waits by
 request and is not counted.
 
-Defaults (app/settings.py): 64 in flight at most keep the CPU busy while most requests wait on a store;
-the 50 ms target kept admitted commands under 250 ms at the 99th percentile under twice the capacity
-(bench-system). A 20 ms wait for a slot absorbs a short burst and a shed request is still answered well
-within 50 ms.
+Defaults (app/settings.py): 64 in flight at most keep the CPU busy while most requests wait on a store.
+Adapting is off by default (ADMISSION_TARGET_MS 0): a 50 ms target kept admitted commands under 250 ms
+at the 99th percentile under twice the capacity (bench-system), but it also shed commands during the
+fault suite's outages at a rate far below capacity, some past five retries. A 20 ms wait for a slot
+absorbs a short burst and a shed request is still answered well within 50 ms.
 """
 from __future__ import annotations
 
@@ -156,11 +157,13 @@ def admitted_path(path: str) -> bool:
 class Admission:
     """Bound the `/api/` requests a process handles at once; answer the rest 503 overloaded, fast."""
 
-    def __init__(self, app: ASGIApp, *, max_in_flight: int, wait_ms: int, service: str, target_ms: int = 50,
+    def __init__(self, app: ASGIApp, *, max_in_flight: int, wait_ms: int, service: str, target_ms: int = 0,
                  floor: int = 4) -> None:
         self.app = app
         self.slots = Slots(max_in_flight)
+        # target_ms 0: a fixed limit of max_in_flight (LatencyLimit never moves without samples)
         self.limit = LatencyLimit(max_in_flight, floor, target_ms / 1000)
+        self.adapts = target_ms > 0
         self.wait_s = wait_ms / 1000
         self.service = service
         self.shed = SHED.labels(service=service)
@@ -200,7 +203,7 @@ class Admission:
             await self.app(scope, receiving, sending)
         finally:
             self.in_flight.dec()
-            if answered and not waits_by_request(scope):
+            if self.adapts and answered and not waits_by_request(scope):
                 self.limit.observe(answered - own_time_from, answered)
                 self.slots.limit = self.limit.current
                 self.limit_now.set(self.slots.limit)

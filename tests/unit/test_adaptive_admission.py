@@ -140,3 +140,16 @@ def test_the_limit_in_force_is_a_metric():
         assert REGISTRY.get_sample_value("http_admission_limit", {"service": service}) == 6
 
     run(scenario)
+
+
+def test_by_default_the_limit_is_fixed_however_slow_answers_get():
+    held, service = Held(), new_service()
+    admission = Admission(held.app, max_in_flight=8, wait_ms=0, service=service)
+
+    async def scenario() -> None:
+        async with asgi_client(admission) as client:
+            for round_ in range(3):
+                assert await hold_together(client, held, [f"s{round_}-{i}" for i in range(8)], 0.15) == [200] * 8
+        assert admission.limit.current == 8
+
+    run(scenario)
