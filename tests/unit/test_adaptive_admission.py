@@ -29,6 +29,12 @@ def test_slow_answers_cut_the_limit_once_per_target_interval_down_to_the_floor_a
     assert limit.current == 64
 
 
+def admitting(max_in_flight: int = 8, **adaptive) -> tuple[Held, Admission, str]:
+    """A held app behind admission with its own metrics label; `adaptive` = target_ms / floor, if any."""
+    held, service = Held(), new_service()
+    return held, Admission(held.app, max_in_flight=max_in_flight, wait_ms=0, service=service, **adaptive), service
+
+
 async def hold_together(client: httpx.AsyncClient, held: Held, keys: list[str], hold_s: float) -> list[int]:
     """Send one held request per key at once, answer them after `hold_s`; their statuses."""
     sent = [asyncio.create_task(client.post(f"/api/hold/{key}", content=b"{}")) for key in keys]
@@ -39,8 +45,7 @@ async def hold_together(client: httpx.AsyncClient, held: Held, keys: list[str], 
 
 
 def test_after_slow_answers_fewer_requests_are_admitted_at_once_and_quick_answers_restore_them():
-    held, service = Held(), new_service()
-    admission = Admission(held.app, max_in_flight=8, wait_ms=0, service=service, target_ms=40, floor=2)
+    held, admission, service = admitting(target_ms=40, floor=2)
 
     async def scenario() -> None:
         async with asgi_client(admission) as client:
@@ -66,8 +71,7 @@ def test_after_slow_answers_fewer_requests_are_admitted_at_once_and_quick_answer
 
 
 def test_a_slow_upload_and_a_read_that_waits_for_its_own_write_do_not_count_as_slow():
-    held, service = Held(), new_service()
-    admission = Admission(held.app, max_in_flight=8, wait_ms=0, service=service, target_ms=40, floor=2)
+    held, admission, service = admitting(target_ms=40, floor=2)
 
     @held.app.get("/api/orders/{order_id}")
     async def waits(order_id: str) -> dict:
@@ -113,8 +117,7 @@ def test_a_slow_upload_and_a_read_that_waits_for_its_own_write_do_not_count_as_s
 
 
 def test_a_shed_answer_says_why():
-    held, service = Held(), new_service()
-    admission = Admission(held.app, max_in_flight=1, wait_ms=0, service=service)
+    held, admission, _ = admitting(max_in_flight=1)
 
     async def scenario() -> None:
         async with asgi_client(admission) as client:
@@ -130,8 +133,7 @@ def test_a_shed_answer_says_why():
 
 
 def test_the_limit_in_force_is_a_metric():
-    held, service = Held(), new_service()
-    admission = Admission(held.app, max_in_flight=8, wait_ms=0, service=service, target_ms=40, floor=2)
+    held, admission, service = admitting(target_ms=40, floor=2)
 
     async def scenario() -> None:
         assert REGISTRY.get_sample_value("http_admission_limit", {"service": service}) == 8
@@ -143,8 +145,7 @@ def test_the_limit_in_force_is_a_metric():
 
 
 def test_by_default_the_limit_is_fixed_however_slow_answers_get():
-    held, service = Held(), new_service()
-    admission = Admission(held.app, max_in_flight=8, wait_ms=0, service=service)
+    held, admission, _ = admitting()
 
     async def scenario() -> None:
         async with asgi_client(admission) as client:
