@@ -1,5 +1,6 @@
 """The read store's batch reads and writes (agents/read_store.py) against the local FerretDB, and the
-patches that make FerretDB serve them from its `_id` index (deploy/local/services/ferretdb_patches/)."""
+patches that make FerretDB serve them from its `_id` index and write a bulk of updates by `_id` in one
+transaction (deploy/local/services/ferretdb_patches/)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,11 +8,11 @@ import json
 import uuid
 
 import pytest
-from pymongo import InsertOne, ReplaceOne
+from pymongo import InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
 from agents.read_store import IDS_PER_QUERY, bulk_write_unordered, find_by_ids
-from connectors import mongo
+from connectors import mongo, postgres
 
 
 def run_on_collection(stack, body):
@@ -85,3 +86,57 @@ def test_a_bulk_load_in_concurrent_parts_reports_errors_as_one_bulk_would(stack)
     errors, count = run_on_collection(stack, body)
     assert [e["index"] for e in errors] == [10, 250]
     assert count == 400
+
+
+def _next_transaction_id(stack) -> int:
+    """The cluster's next transaction id; reading it assigns none. FerretDB's database lives in the same
+    PostgreSQL cluster as the write model, so every transaction it commits moves it on by one."""
+    with postgres.connect(stack) as conn:
+        return int(conn.execute("select pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()[0])
+
+
+def test_a_bulk_of_updates_by_id_commits_once_not_once_per_document(stack):
+    """Patch 0004: one `update` command of replacements by `_id` (what each batch of the order views
+    writes) ran one query and one transaction per document. Unpatched, this bulk commits 300 times."""
+    async def body(coll):
+        await coll.insert_many([{"_id": f"O{i}", "n": 0} for i in range(200)])
+        before = _next_transaction_id(stack)
+        result = await coll.bulk_write([ReplaceOne({"_id": f"O{i}"}, {"n": i + 1}, upsert=True)
+                                        for i in range(300)], ordered=False)
+        after = _next_transaction_id(stack)
+        return result, after - before, {d["_id"]: d["n"] async for d in coll.find({})}
+
+    result, transactions, stored = run_on_collection(stack, body)
+    assert (result.matched_count, result.modified_count, len(result.upserted_ids)) == (200, 200, 100)
+    assert stored == {f"O{i}": i + 1 for i in range(300)}
+    assert transactions < 30, f"{transactions} transactions for one bulk of 300 updates by _id"
+
+
+def test_updates_by_id_in_bulk_keep_each_statements_filter_and_upsert(stack):
+    """The bulk path applies every statement's whole filter and update, reports counts and upserted
+    indexes as MongoDB does, and leaves documents whose guard does not hold untouched."""
+    async def body(coll):
+        await coll.insert_many([{"_id": "same", "v": 1}, {"_id": "newer", "version": 9, "x": 1},
+                                {"_id": "older", "version": 3, "x": 1}, {"_id": "whole", "a": 1, "b": 2}])
+        result = await coll.bulk_write([
+            ReplaceOne({"_id": "same"}, {"_id": "same", "v": 1}),                       # matched, unchanged
+            UpdateOne({"_id": "newer", "version": {"$lt": 5}}, {"$set": {"version": 5, "x": 2}}),  # guard fails
+            UpdateOne({"_id": "older", "version": {"$lt": 5}}, {"$set": {"version": 5, "x": 2}}),  # applied
+            ReplaceOne({"_id": "missing"}, {"c": 3}),                                   # no upsert: nothing
+            ReplaceOne({"_id": "whole"}, {"c": 3}, upsert=True),                        # replaced whole
+            UpdateOne({"_id": "fresh"}, {"$set": {"n": 1}, "$setOnInsert": {"born": True}}, upsert=True),
+            ReplaceOne({"_id": "fresh2"}, {"n": 2}, upsert=True),
+        ], ordered=False)
+        return result, {d["_id"]: d async for d in coll.find({})}
+
+    result, stored = run_on_collection(stack, body)
+    assert (result.matched_count, result.modified_count) == (3, 2)
+    assert result.upserted_ids == {5: "fresh", 6: "fresh2"}
+    assert stored == {
+        "same": {"_id": "same", "v": 1},
+        "newer": {"_id": "newer", "version": 9, "x": 1},
+        "older": {"_id": "older", "version": 5, "x": 2},
+        "whole": {"_id": "whole", "c": 3},
+        "fresh": {"_id": "fresh", "n": 1, "born": True},
+        "fresh2": {"_id": "fresh2", "n": 2},
+    }

@@ -22,6 +22,15 @@ stops if one does not apply). `ferretdb --version` reports package PACKAGE. For 
   0003 _id $in: `_id: {$in: [...]}` was not pushed down at all (a scan of the whole collection per
      query); with string or ObjectID values it becomes `_jsonb->'_id' = ANY(...)`, served by the same
      index. The read models load a batch's documents with one such query, as on MongoDB.
+  0004 update by _id in bulk: an `update` command (one unordered bulk of ReplaceOne/UpdateOne) ran
+     each statement as a query plus a one-row transaction (~1.3 ms of CPU per replaced document
+     against ~0.15 ms per inserted one). When every statement selects one document by a distinct
+     string or ObjectID `_id` (other filter conditions allowed, none multi), all are now read with
+     one `_id = ANY(...)` query, filtered and updated in Go exactly as before, and written with one
+     UpdateAll (its UPDATEs sent as one pgx batch in one transaction) and one InsertAll for the
+     upserts. Upserts that find their `_id` taken when written (a concurrent writer) run again one
+     by one. `upserted[].index` is now the statement's index, as MongoDB reports it (it was the
+     count of upserts so far).
 
 Needs the `ferretdb` database and role from Postgres.bootstrap(); start postgres first. The role's
 password (<state>/secrets/write_db_password) reaches FerretDB through FERRETDB_POSTGRESQL_URL in its
@@ -60,7 +69,7 @@ VERSION = os.environ.get("FERRETDB_VERSION", "v1.24.2")
 GO_FALLBACK = "go1.24.3"
 GO_FALLBACK_SHA256 = {"amd64": "8a1b88943b81e6ac2e38890b492cf38f848909b867632f48f77caf83608cb107"}
 
-PACKAGE = "cqrs-local+iterfix+idpushdown+idin"  # reported as "package" by `ferretdb --version`
+PACKAGE = "cqrs-local+iterfix+idpushdown+idin+updatebyid"  # reported as "package" by `ferretdb --version`
 
 PATCHES = sorted((Path(__file__).parent / "ferretdb_patches").glob("*.patch"))
 
@@ -172,6 +181,13 @@ class FerretDB(Service):
         """Which backend password the running FerretDB was started with (a fingerprint, not the password)."""
         return paths.pidfile(self.name).with_suffix(".backend")
 
+    def _rebuilt_since_start(self, paths: StackPaths) -> bool:
+        """The installed binary is newer than the running server (an install after a patch was added)."""
+        try:
+            return self.binary(paths).stat().st_mtime > self._password_stamp(paths).stat().st_mtime
+        except OSError:
+            return False
+
     def probe(self, paths: StackPaths) -> Health:
         """buildInfo for the version, then ping (which also checks the PostgreSQL backend)."""
         password = read_secret(paths, "write_db_password")
@@ -183,6 +199,8 @@ class FerretDB(Service):
             if started_with != _fingerprint(password):
                 return Health(False, restart_needed=True,
                               detail="started with another PostgreSQL password than secrets/write_db_password")
+            if self._rebuilt_since_start(paths):
+                return Health(False, restart_needed=True, detail="its binary was rebuilt (new patches) since it started")
         deadline = time.monotonic() + 3.0
         try:
             with socket.create_connection((self.host, self.port), timeout=1.5) as sock:
