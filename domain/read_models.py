@@ -9,6 +9,7 @@ MongoDB (database `settings.mongo_database`):
 - CUSTOMER_HISTORY `customer_order_history`: one document per order of a customer, `_id` =
   `<customer id>:<order id>` — {customer_id, order_id, date, total (str), status, products:
   [{product_id, name, price (str), image_url, quantity}], last_seq}; index (customer_id, date desc).
+  A customer's entries are read as the `_id` range `[<customer id>:, <customer id>;)` (primary key).
   One document per order, so only the worker owning that order ever writes it: a document shared
   by a customer's orders would be written by several workers at once, and the local read store
   (FerretDB 1.x) does not serialise concurrent updates of one document (updates were lost).
@@ -36,6 +37,7 @@ Redis:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 ORDER_VIEWS = "order_views"
 READ_MODEL_VERSIONS = "read_model_versions"
@@ -103,6 +105,14 @@ HISTORY_INDEX = [("customer_id", 1), ("date", -1)]
 
 def history_entry_id(customer_id: str, order_id: str) -> str:
     return f"{customer_id}:{order_id}"
+
+
+def customer_history_filter(customer_id: str) -> dict[str, Any]:
+    """A customer's history entries: the `_id` key range `[<customer>:, <customer>;)` (';' follows ':'), which
+    the primary-key index serves on any MongoDB-compatible store, and the customer field itself, so the
+    answer never depends on the id format."""
+    prefix = history_entry_id(customer_id, "")
+    return {"_id": {"$gte": prefix, "$lt": prefix[:-1] + chr(ord(prefix[-1]) + 1)}, "customer_id": customer_id}
 
 
 def customer_history_cache_key(customer_id: str) -> str:

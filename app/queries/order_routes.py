@@ -28,6 +28,7 @@ from domain import access, consistency
 from domain.access import Role
 from domain.errors import NotFound
 from domain.freshness import WRITE_MODEL, Freshness, State
+from domain.read_models import customer_history_filter
 
 router = APIRouter(prefix="/api", dependencies=[Depends(rate_limited)])
 WRITE_MODEL_UNAVAILABLE = (psycopg.Error, PoolTimeout, StoreUnavailable)
@@ -127,7 +128,7 @@ async def customer_orders(customer_id: CustomerId, request: Request, deadline: R
     async def entries() -> list[dict[str, Any]]:
         collection = s.db[(await s.serving_record("order-views", deadline)).order_collections.history]
         async with deadline.mongodb():
-            return await collection.find({"customer_id": customer_id}, {"_id": 0}).to_list(None)
+            return await collection.find(customer_history_filter(customer_id), {"_id": 0}).to_list(None)
 
     if wanted:
         async def read() -> tuple[Freshness, list[dict[str, Any]]]:

@@ -31,6 +31,12 @@ stops if one does not apply). `ferretdb --version` reports package PACKAGE. For 
      upserts. Upserts that find their `_id` taken when written (a concurrent writer) run again one
      by one. `upserted[].index` is now the statement's index, as MongoDB reports it (it was the
      count of upserts so far).
+  0005 _id string range: `$gt/$gte/$lt/$lte` with a string on `_id` were not pushed down (a scan of the
+     whole table); they become jsonb comparisons on `_jsonb->'_id'`, served by the `_id_` index. A
+     customer's order history is such a range (`_id` is `<customer>:<order>`). jsonb orders strings by
+     the database collation: byte order, as MongoDB's, under the C collation the stack's PostgreSQL is
+     initialised with (--no-locale). Other types fall on one side of a string bound as a whole type and
+     are removed by FerretDB's own filter, which runs after every pushdown.
 
 Needs the `ferretdb` database and role from Postgres.bootstrap(); start postgres first. The role's
 password (<state>/secrets/write_db_password) reaches FerretDB through FERRETDB_POSTGRESQL_URL in its
@@ -69,7 +75,7 @@ VERSION = os.environ.get("FERRETDB_VERSION", "v1.24.2")
 GO_FALLBACK = "go1.24.3"
 GO_FALLBACK_SHA256 = {"amd64": "8a1b88943b81e6ac2e38890b492cf38f848909b867632f48f77caf83608cb107"}
 
-PACKAGE = "cqrs-local+iterfix+idpushdown+idin+updatebyid"  # reported as "package" by `ferretdb --version`
+PACKAGE = "cqrs-local+iterfix+idpushdown+idin+updatebyid+idrange"  # reported as "package" by `ferretdb --version`
 
 PATCHES = sorted((Path(__file__).parent / "ferretdb_patches").glob("*.patch"))
 
