@@ -3,6 +3,8 @@ the number formatting of their reports."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -87,3 +89,14 @@ class BusyMeter:
     def percent(self) -> float:
         busy, total = machine_busy()
         return 100.0 * (busy - self.start[0]) / max(1, total - self.start[1])
+
+
+def py_spy(pid: int, output: Path, log: Path, duration_s: float | None = None) -> subprocess.Popen:
+    """py-spy (sampling from outside, 200 Hz) on one process, collapsed stacks into `output`; until the
+    process exits, or for `duration_s`."""
+    cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--rate", "200",
+           "--format", "raw", "--nonblocking", "--output", str(output)]
+    if duration_s is not None:
+        cmd += ["--duration", str(max(1, round(duration_s)))]
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -23,7 +23,7 @@ from typing import Any
 
 from app.operations import processes
 from benchmarks.baselines import Baselines
-from benchmarks.measures import BusyMeter, cpu_by_role, cpu_seconds, fmt, process_cpu, rate
+from benchmarks.measures import BusyMeter, cpu_by_role, cpu_seconds, fmt, process_cpu, py_spy, rate
 from benchmarks.projection_checks import Checks
 from benchmarks.projection_cleanup import Cleanup
 from benchmarks.projection_report import Report
@@ -202,14 +202,8 @@ class Bench(Baselines, SinkCeilings, Checks, Report, Cleanup):
         """py-spy (sampling, from outside) on each worker until it exits: collapsed stacks per projection."""
         out = Path(self.args.profile)
         out.mkdir(parents=True, exist_ok=True)
-        py_spy = Path(sys.executable).parent / "py-spy"
-        procs = []
-        for name, w in workers.items():
-            log = (self.log_dir / f"py-spy-{name}.log").open("ab")
-            procs.append(subprocess.Popen([str(py_spy), "record", "--pid", str(w.proc.pid), "--rate", "200",
-                                           "--format", "raw", "--output", str(out / f"{name}.txt")],
-                                          stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
-            log.close()
+        procs = [py_spy(w.proc.pid, out / f"{name}.txt", self.log_dir / f"py-spy-{name}.log")
+                 for name, w in workers.items()]
         self.children += procs
         print(f"  profiling the workers with py-spy into {out}/<projection>.txt (collapsed stacks)")
         return procs

@@ -29,15 +29,17 @@ from app.operations import processes
 from app.settings import Settings, get_settings
 from agents.projections import PROJECTIONS
 from benchmarks.loadgen import SHOP_RATE_LIMIT
-from benchmarks.measures import cpu_by_role, process_cpu
+from benchmarks.measures import cpu_by_role, process_cpu, py_spy
 from benchmarks.projection_cleanup import Cleanup
 from benchmarks.projection_run import Isolation
 from benchmarks.system_client import LeanHttp, Shop, Tally, offer, percentile
+from connectors import ServiceUnavailable
 from domain.access import Role
 
 CAPACITY = {"command_p99_s": 0.100, "visible_p99_s": 1.0}
 SETTLE_S = 5.0
 LAG_BOUND_S = 2.0
+LAG_READ_ATTEMPTS = 5
 OWN_ROLES = ("gateway + relay", "query API", *(f"worker {p}" for p in PROJECTIONS))
 
 
@@ -77,11 +79,24 @@ class SystemRun(Cleanup):
                       for i in range(customers)]
         return Shop(people, made, random.Random(7))
 
+    def profile(self, out: Path, label: str, seconds: float) -> list:
+        """py-spy on each of the project's processes for one step (its own CPU counts as other processes')."""
+        out.mkdir(parents=True, exist_ok=True)
+        return [py_spy(pid, out / f"{label}-{role.replace(' + ', '-').replace(' ', '-')}.txt",
+                       self.log_dir / "py-spy.log", seconds) for pid, role in self.own.items()]
+
     def lag(self) -> tuple[int, int, float | None]:
         """(events the projections' source partitions hold, summed per projection; offset lag, summed the same
         way; the stalest projection's event-time lag in seconds, None while one cannot be read)."""
         from app.operations.lag import LagReader, totals
-        rows = LagReader(self.settings, self.iso.group_suffix).collect(PROJECTIONS)
+        for attempt in range(LAG_READ_ATTEMPTS):
+            try:
+                rows = LagReader(self.settings, self.iso.group_suffix).collect(PROJECTIONS)
+                break
+            except ServiceUnavailable as exc:  # a broker busy with the step's load answers late: read again
+                if attempt == LAG_READ_ATTEMPTS - 1:
+                    raise
+                print(f"   (lag read: {exc}; reading again)")
         worst = [t.event_time_lag_s for t in totals(rows)]
         return (sum(r.end for r in rows), sum(r.offset_lag for r in rows),
                 None if any(w is None for w in worst) else max(worst, default=0.0))
@@ -133,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup-s", type=float, default=60.0,
                         help="mix offered at the first rate before the steps, not reported: Kafka, Elasticsearch "
                              "and the registry compile their hot paths in the first minutes after a start")
+    parser.add_argument("--profile", metavar="DIR", type=Path,
+                        help="record the project's processes with py-spy during each step into "
+                             "DIR/<rate>-<process>.txt (collapsed stacks)")
     args = parser.parse_args(argv)
     run = SystemRun(get_settings(), Path(tempfile.mkdtemp(prefix="bench-system-")))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; gateway (relay inside), query API and one "
@@ -150,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warm-up: {warm.orders} orders at {rates[0]:g} orders/s offered over {args.warmup_s:g} s (not reported)")
         time.sleep(SETTLE_S)
         for rate in rates:
+            profilers = run.profile(args.profile, f"{rate:g}", args.step_s) if args.profile else []
             before = process_cpu()
             tally = asyncio.run(step(rate, args.step_s, shop, gateway, query, run.token))
+            for profiler in profilers:
+                profiler.wait(30)
             rows.append(report(rate, args.step_s, tally, cpu_by_role(before, process_cpu(), run.own)))
             time.sleep(SETTLE_S)
         fit = [r for r in rows if within_capacity(r)]
