@@ -188,6 +188,7 @@ def faust_app(name: str, settings: Settings) -> faust.App:
         consumer_auto_offset_reset=settings.projection_start,
         stream_buffer_maxsize=max(4096, settings.projection_batch_size * 2),
         broker_commit_interval=1.0,
+        producer_linger=settings.worker_producer_linger_ms / 1000,
         table_standby_replicas=0,
         broker_session_timeout=settings.worker_session_timeout_s,
         broker_heartbeat_interval=max(1.0, settings.worker_session_timeout_s / 4),

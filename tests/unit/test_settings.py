@@ -34,3 +34,12 @@ def test_invalid_value_is_rejected_naming_the_field(monkeypatch):
 def test_unreachable_message_is_one_line():
     exc = ServiceUnavailable("kafka", "127.0.0.1:9092", "Connection refused\n  retrying\tlater")
     assert str(exc) == "kafka unreachable at 127.0.0.1:9092: Connection refused retrying later"
+
+
+def test_a_workers_producer_lingers_as_configured():
+    """Changelog records gather for WORKER_PRODUCER_LINGER_MS into one produce request (Faust's own is 0)."""
+    from app.settings import Settings
+    from agents.worker import faust_app
+
+    assert faust_app("order-views", Settings(worker_producer_linger_ms=50)).producer.linger_ms == 50
+    assert faust_app("order-views", Settings(worker_producer_linger_ms=0)).producer.linger_ms == 0
