@@ -195,6 +195,7 @@ def stores(request: Request) -> Stores:
     return request.app.state.stores
 
 
-def request_deadline(request: Request) -> Deadline:
-    """FastAPI dependency: the budget of this request, started as it is routed."""
+async def request_deadline(request: Request) -> Deadline:
+    """FastAPI dependency: the budget of this request, started as it is routed (a coroutine: FastAPI runs a
+    plain function in its thread pool, a thread hand-off on every request)."""
     return stores(request).deadline()
