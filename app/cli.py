@@ -120,10 +120,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run one projection's Faust worker until stopped, on uvloop as the HTTP services run (Faust's own
-    `mode.loop.use`, before any loop exists; the consumer thread's loop follows the same policy)."""
-    import mode.loop
-    mode.loop.use("uvloop")
+    """Run one projection's Faust worker until stopped."""
     from faust import Worker
 
     from agents.outages import StoreHealth
