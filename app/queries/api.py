@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timezone
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 import psycopg
 from elasticsearch import ApiError, NotFoundError, TransportError
@@ -39,7 +40,7 @@ from app.queries.freshness import FreshnessReader
 from app.queries.heads import HeadsFollower
 from app.queries.models import ERRORS, PROTECTED, SalesDay, SearchResults, Sort
 from app.queries.own_writes import Announcements
-from app.queries.stores import StoreUnavailable, Stores, stores
+from app.queries.stores import Deadline, StoreUnavailable, Stores, stores
 from app.settings import Settings, get_settings
 from connectors import postgres
 from domain import access
@@ -77,16 +78,24 @@ async def search_products(
     category = (category or "").strip() or None
     s = stores(request)
     freshness = await freshness_reader(request).of_projection(s, deadline, "product-search")
-    body = reads.search_request(q=q, category=category, min_price=min_price, max_price=max_price,
-                                in_stock=in_stock, sort=sort.value, page=page, size=size)
+    ask = functools.partial(reads.search_request, q=q, category=category, min_price=min_price, max_price=max_price,
+                            in_stock=in_stock, sort=sort.value, page=page, size=size)
     try:
         # ignore_unavailable: before the first index exists the alias is missing -> no results, not an error
-        async with deadline.within("elasticsearch") as seconds:
-            found = await s.es.options(request_timeout=seconds).search(
-                index=s.products_alias, ignore_unavailable=True, from_=body.pop("from"), **body)
+        found = await _search(s, deadline, ask())
+        if reads.retry_with_typos(q, found):
+            found = await _search(s, deadline, ask(typos=True))
     except NotFoundError:
         return json_response(dumps({**reads.empty_search(page, size), **freshness.fields()}))
-    return json_response(dumps({**reads.search_body(found.body, page, size), **freshness.fields()}))
+    return json_response(dumps({**reads.search_body(found, page, size), **freshness.fields()}))
+
+
+async def _search(s: Stores, deadline: Deadline, body: dict[str, Any]) -> dict[str, Any]:
+    """One search of the products alias within what is left of the request's deadline."""
+    async with deadline.within("elasticsearch") as seconds:
+        found = await s.es.options(request_timeout=seconds).search(
+            index=s.products_alias, ignore_unavailable=True, from_=body.pop("from"), **body)
+    return found.body
 
 
 @router.get("/dashboard/sales", name="SalesDashboard", response_model=SalesDay, responses=PROTECTED,

@@ -478,6 +478,27 @@ def test_search_seed_example(api: httpx.Client) -> None:
     assert ids(search(api, q="wireles headphone", category="Electronics", max_price=100))[0] == "p01"  # typos
 
 
+def test_search_allows_typos_only_when_the_words_as_typed_find_nothing(api: httpx.Client, stack: Settings) -> None:
+    category = f"Typos-{UID}"
+    extra = [product("t1", "Desk Lamp", category, 120.0, tags=["light"], description="Brass.", rating=4.0,
+                     purchases=1, day=11),
+             product("t2", "Lamb Wool Throw", category, 130.0, tags=["blanket"], description="Soft.", rating=4.0,
+                     purchases=1, day=12)]
+    es = es_client(stack)
+    try:
+        es.bulk(operations=[x for doc in extra for x in ({"index": {"_index": INDEX, "_id": doc["product_id"]}}, doc)],
+                refresh=True)
+        # "lamb" is one edit from "lamp": a typo neighbour, not shown while the word itself matches
+        assert ids(search(api, q="lamp", category=category)) == ["t1"]
+        assert ids(search(api, q="lamb", category=category)) == ["t2"]
+        # nothing matches "lmap" as typed, so the search is asked again allowing typos
+        assert ids(search(api, q="lmap", category=category)) == ["t1"]
+        assert search(api, q="zzzz", category=category)["total"] == 0
+    finally:
+        es.bulk(operations=[{"delete": {"_index": INDEX, "_id": doc["product_id"]}} for doc in extra], refresh=True)
+        es.close()
+
+
 @pytest.mark.parametrize("sort, key", [
     ("price_asc", lambda p: (p["price"], p["product_id"])),
     ("price_desc", lambda p: (-p["price"], p["product_id"])),

@@ -68,3 +68,30 @@ def test_sales_day_lists_all_24_hours() -> None:
     assert (body["day"], body["orders"], body["revenue"]) == ("2024-05-01", 3, "10.05")
     assert len(body["hours"]) == 24 and body["hours"][7] == {"hour": "07", "orders": 3, "revenue": "10.05"}
     assert body["hours"][0] == {"hour": "00", "orders": 0, "revenue": "0.00"}
+
+
+def _fuzzy_clauses(body: dict) -> list[dict]:
+    return [c for c in json.loads(json.dumps(body))["query"]["bool"].get("must", [{}])[0].get("bool", {})
+            .get("should", []) if "fuzziness" in c.get("multi_match", {})]
+
+
+def test_search_allows_typos_only_when_asked() -> None:
+    plain = reads.search_request(q="desk lamp", category=None, min_price=None, max_price=None, in_stock=None,
+                                 sort="relevance", page=1, size=20)
+    tolerant = reads.search_request(q="desk lamp", category=None, min_price=None, max_price=None, in_stock=None,
+                                    sort="relevance", page=1, size=20, typos=True)
+    assert _fuzzy_clauses(plain) == []
+    assert [c["multi_match"]["fuzziness"] for c in _fuzzy_clauses(tolerant)] == ["AUTO"]
+    assert plain["query"]["bool"]["should"] == tolerant["query"]["bool"]["should"]  # the phrase boost stays
+
+
+@pytest.mark.parametrize("q, total, again", [
+    ("lmap", {"value": 0, "relation": "eq"}, True),
+    ("lamp", {"value": 3, "relation": "eq"}, False),
+    ("lamp", 0, True),                       # a total as a plain number (rest_total_hits_as_int)
+    (None, {"value": 0, "relation": "eq"}, False),  # no words: nothing a typo could explain
+    ("", {"value": 0, "relation": "eq"}, False),
+])
+def test_a_search_is_asked_again_with_typos_only_when_its_words_found_nothing(q, total, again) -> None:
+    # a page past the last result has no hits but a total: it is not "nothing found"
+    assert reads.retry_with_typos(q, {"hits": {"total": total, "hits": []}}) is again
