@@ -118,14 +118,15 @@ def report(rate: float, seconds: float, tally: Tally, cpu: dict[str, float]) -> 
     own = sum(cpu.get(r, 0.0) for r in OWN_ROLES)
     row = {"offered": rate, "achieved": tally.orders / seconds, "cmd_p50": percentile(tally.commands, 50),
            "cmd_p99": percentile(tally.commands, 99), "query_p99": percentile(tally.queries, 99), "visible": vis,
-           "errors": tally.errors, "never_visible": tally.never_visible, "shed": tally.shed,
+           "errors": tally.errors, "never_visible": sum(tally.never_visible.values()), "shed": tally.shed,
            "cpu_ms_total": 1000 * sum(cpu.values()) / orders, "cpu_ms_own": 1000 * own / orders}
     print(f"\n-- offered {rate:g} orders/s for {seconds:g} s: achieved {row['achieved']:.1f} orders/s; commands p50 "
           f"{row['cmd_p50'] * 1000:.0f} ms p99 {row['cmd_p99'] * 1000:.0f} ms; queries p99 "
           f"{row['query_p99'] * 1000:.0f} ms; errors {tally.errors}; shed (503) {tally.shed}; statuses "
           f"{dict(sorted(tally.statuses.items()))}")
     print("   command -> visible p50 / p99 ms: " + ", ".join(
-        f"{k} {a * 1000:.0f} / {b * 1000:.0f}" for k, (a, b) in vis.items()) + f"; never visible {tally.never_visible}")
+        f"{k} {a * 1000:.0f} / {b * 1000:.0f}" for k, (a, b) in vis.items()) + "; never visible within 10 s: " + (
+        ", ".join(f"{k} {n}" for k, n in sorted(tally.never_visible.items())) or "0"))
     print(f"   CPU per order: {row['cpu_ms_total']:.1f} ms in all processes, {row['cpu_ms_own']:.1f} ms in the "
           "project's own: " + ", ".join(f"{k} {1000 * v / orders:.1f}" for k, v in sorted(
               cpu.items(), key=lambda kv: -kv[1]) if 1000 * v / orders >= 0.05))

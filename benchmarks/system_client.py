@@ -85,7 +85,7 @@ class Tally:
     statuses: Counter = field(default_factory=Counter)
     orders: int = 0
     shed: int = 0
-    never_visible: int = 0
+    never_visible: Counter = field(default_factory=Counter)  # followed writes not seen within 10 s, by kind
 
     @property
     def errors(self) -> int:
@@ -114,6 +114,7 @@ class Shop:
         self.pending: list[str] = []
         self.shipped: list[str] = []
         self.placed: list[tuple[str, str]] = []
+        self.prices: dict[str, list[str]] = {}  # every price set per product, in the order they were set
 
     def take(self, pool: list[str]) -> str | None:
         return pool.pop(self.rng.randrange(len(pool))) if pool else None
@@ -147,7 +148,7 @@ async def until_visible(tally: Tally, what: str, since: float, read, check, paus
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
             await asyncio.sleep(POLL_S)
         await asyncio.sleep(pause_s)
-    tally.never_visible += 1
+    tally.never_visible[what] += 1
 
 
 async def one(kind: str, shop: Shop, gw: LeanHttp, q: LeanHttp, tally: Tally,
@@ -198,10 +199,16 @@ async def one(kind: str, shop: Shop, gw: LeanHttp, q: LeanHttp, tally: Tally,
         status, _ = await timed(tally, "command", gw.request("PATCH", f"/api/products/{product}",
                                                              {"price": price, "stock": rng.randint(10**5, 10**6)}))
         if status == 202:
+            prices = shop.prices.setdefault(product, [])
+            prices.append(price)
+            mine = len(prices) - 1
+            # visible once search shows this price or one set after it: a second update of the product
+            # before the first was seen overwrites it, and the first is then never shown on its own
             followers.add(asyncio.create_task(until_visible(
                 tally, "search", time.perf_counter(),
                 lambda: q.request("GET", f"/api/products/search?q={name.replace(' ', '+')}&size=5"),
-                lambda b: any(r["product_id"] == product and Decimal(str(r["price"])) == Decimal(price)
+                lambda b: any(r["product_id"] == product and
+                              Decimal(str(r["price"])) in {Decimal(p) for p in prices[mine:]}
                               for r in b["results"]), POLL_S)))
     elif kind == "read_order" and shop.placed:
         await timed(tally, "query", q.request("GET", f"/api/orders/{rng.choice(shop.placed)[0]}"))

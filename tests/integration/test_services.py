@@ -1,6 +1,7 @@
 """Each external system answers its real protocol: the operations the pipeline relies on."""
 from __future__ import annotations
 
+import asyncio
 import uuid
 from decimal import Decimal
 
@@ -8,6 +9,7 @@ import psycopg
 import pytest
 from pymongo import ReplaceOne
 
+from agents.product_search import SERVING_REFRESH, ensure_products_index
 from connectors import elasticsearch, mongo, postgres, redis
 
 
@@ -85,3 +87,25 @@ def test_elasticsearch_match_with_range_filter(stack):
         assert set(ids) == {"P200", "P150"}
     finally:
         client.indices.delete(index=index)
+
+
+def test_the_serving_products_index_refreshes_at_this_releases_interval(stack):
+    """A new serving index, and one an earlier release created with another interval, both make writes
+    searchable every SERVING_REFRESH once a worker has ensured the index."""
+    fresh, older = f"products-refresh-{uuid.uuid4().hex[:8]}", f"products-refresh-{uuid.uuid4().hex[:8]}"
+
+    async def ensure_both() -> list[str]:
+        es = elasticsearch.async_es_client(stack)
+        try:
+            await es.indices.create(index=f"{older}-v1", settings={"refresh_interval": "30s"}, aliases={older: {}})
+            intervals = []
+            for alias in (fresh, older):
+                assert await ensure_products_index(es, alias) == alias
+                found = (await es.indices.get_settings(index=alias, name="index.refresh_interval")).body
+                intervals += [s["settings"]["index"]["refresh_interval"] for s in found.values()]
+            return intervals
+        finally:
+            await es.indices.delete(index=f"{fresh}-v1,{older}-v1", ignore_unavailable=True)
+            await es.close()
+
+    assert asyncio.run(ensure_both()) == [SERVING_REFRESH, SERVING_REFRESH]
