@@ -53,6 +53,7 @@ class Settings(commit_guard.Settings, dead_letters.Settings, mongo.Settings, ela
     projection_group_suffix: str
     projection_tick_s: float
     sales_copy_interval_s: float
+    worker_fetch_gather_ms: int
     worker_fetch_min_bytes: int
     worker_fetch_wait_ms: int
     topic_partitions: int
@@ -300,6 +301,7 @@ def create_worker_app(name: str, settings: Settings, prepare_codecs: PrepareCode
     app = faust_app(name, settings)
     app.consumer.fetch_wait_ms, app.consumer.fetch_min_bytes = settings.worker_fetch_wait_ms, \
         settings.worker_fetch_min_bytes
+    app.consumer.fetch_gather_ms = settings.worker_fetch_gather_ms
     sources = source_topics(name, settings.topic_prefix)
     topic = app.topic(*sources, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     # While the worker waits for a store its agent takes nothing from the stream, so Faust's flow control

@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     worker_fetch_min_bytes: int = Field(1, ge=1, le=50 << 20, description=(
         "Bytes a worker's fetch waits for (1, Faust's own, by default; 1 MiB with a 100 ms wait cut the "
         "workers' CPU by a fifth at a trickle, but see README: Projections)."))
+    worker_fetch_gather_ms: int = Field(50, ge=0, le=1000, description=(
+        "How long a worker lets fetched records gather before it takes them from its Kafka consumer: one "
+        "fetch per pause instead of one per relay publish, for at most this much more latency (0: Faust's "
+        "own, no pause)."))
     worker_producer_linger_ms: int = Field(50, ge=0, le=1000, description=(
         "How long a worker's producer gathers changelog records into one request (Faust's own is 0: a request "
         "per record or two). Faust flushes the producer before it commits offsets, so a commit never covers an "

@@ -6,9 +6,11 @@ recorded instead of sent), so a Faust release that computes committed offsets el
 from __future__ import annotations
 
 import asyncio
+import time
 
 import faust
 import pytest
+from faust.exceptions import ConsumerNotStarted
 from faust.transport.consumer import ConsumerMessage
 from faust.types import TP
 
@@ -125,3 +127,28 @@ def test_the_workers_consumer_is_fausts_own_but_for_the_fetch_wait() -> None:
 def test_a_guarded_app_uses_the_batched_fetch_thread() -> None:
     app = faust.App("transport-test", broker=broker_urls("localhost:1"), web_enabled=False)
     assert isinstance(app.consumer._thread, BatchedFetchThread)
+
+
+async def taken_after(gather_ms: int) -> float:
+    """Seconds until a take from a consumer thread that has no consumer yet fails (at once, in Faust)."""
+    app = faust.App("transport-test", broker=broker_urls("localhost:1"), web_enabled=False)
+    app.consumer.fetch_gather_ms = gather_ms
+    thread = BatchedFetchThread(app.consumer, loop=asyncio.get_running_loop(), beacon=app.consumer.beacon)
+    started = time.monotonic()
+    with pytest.raises(ConsumerNotStarted):
+        await thread.getmany(None, 1.0)
+    return time.monotonic() - started
+
+
+def test_records_gather_for_the_pause_before_faust_takes_them() -> None:
+    """The pause comes before the take, so what the relay publishes meanwhile is fetched with it."""
+    assert asyncio.run(taken_after(300)) >= 0.3
+    assert asyncio.run(taken_after(0)) < 0.3
+
+
+def test_a_worker_sets_its_consumers_pause_from_the_settings() -> None:
+    from agents.worker import create_worker_app
+    from app.settings import Settings
+
+    app = create_worker_app("order-views", Settings(worker_fetch_gather_ms=40), prepare_codecs=lambda: {})
+    assert app.consumer.fetch_gather_ms == 40
