@@ -83,7 +83,9 @@ class Pipeline:
                     time.sleep(0.5)
         finally:
             probe.close()
-        time.sleep(1.0)  # the last batch's sink writes finish before its offsets are committed
+        # The last batch's sink writes finish before its offsets are committed, but a copy of the sales
+        # figures held back by SALES_COPY_INTERVAL_S goes out at the worker's next upkeep tick.
+        time.sleep(self.settings.projection_tick_s + self.settings.sales_copy_interval_s + 0.5)
 
     def wait_published(self, timeout: float) -> None:
         """Until the outbox holds no unpublished event for the pipeline's topics (commands answer before
