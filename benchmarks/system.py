@@ -200,7 +200,8 @@ def overload(run: SystemRun, shop: Shop, gateway: str, query: str, rate: float, 
     print("\n== overload (twice the capacity)")
     report(rate, seconds, tally, cpu_by_role(before, process_cpu(), run.own))
     print(f"   accepted commands p99 {percentile(tally.accepted, 99) * 1000:.0f} ms ({len(tally.accepted)}); shed "
-          f"{tally.shed} of {sum(tally.statuses.values())} requests")
+          f"{tally.shed} of {sum(tally.statuses.values())} requests, told within p50 "
+          f"{percentile(tally.refused, 50) * 1000:.0f} / p99 {percentile(tally.refused, 99) * 1000:.0f} ms")
     at_end = worst
     within_bound = 0.0 if worst is not None and worst <= LAG_BOUND_S else None
     left = backlog

@@ -80,6 +80,7 @@ class Tally:
 
     commands: list[float] = field(default_factory=list)
     accepted: list[float] = field(default_factory=list)
+    refused: list[float] = field(default_factory=list)  # 503 answers: how soon a shed request was told
     queries: list[float] = field(default_factory=list)
     visible: dict[str, list[float]] = field(default_factory=lambda: {"order view": [], "history": [], "search": []})
     statuses: Counter = field(default_factory=Counter)
@@ -132,6 +133,8 @@ async def timed(tally: Tally, kind: str, call) -> tuple[int, bytes]:
         tally.accepted.append(took)
     tally.statuses[status] += 1
     tally.shed += status == 503
+    if status == 503:
+        tally.refused.append(took)
     return status, body
 
 
