@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -24,6 +25,25 @@ def cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+PROBE_LOOPS = 3_000_000
+
+
+def cpu_probe(rounds: int = 3) -> float:
+    """Milliseconds this machine takes for a fixed pure-Python loop, the best of `rounds` (lower is faster).
+
+    Why: this machine's speed drifts by the hour (the same gateway code served 187 orders/s at one hour and
+    290 at another), so a report carries its own yardstick and runs are compared through it, not only
+    by date."""
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        total = 0
+        for i in range(PROBE_LOOPS):
+            total += i * i
+        best = min(best, time.perf_counter() - started)
+    return best * 1000
 
 
 def machine_busy() -> tuple[float, float]:
