@@ -23,7 +23,7 @@ from app.operations import processes
 from app.settings import get_settings
 from app.http.identity import issue_token
 from benchmarks.loadgen import SHOP_RATE_LIMIT, run_load
-from benchmarks.measures import cpu_probe
+from benchmarks.measures import probe_note
 from domain.access import Role
 from connectors import postgres
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="bench-commands-"))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; gateways: {args.gateways} processes; relay: "
           f"{'inside the gateways' if args.embedded_relay else 'its own process'}; all services on the same machine; "
-          f"{time.strftime('%Y-%m-%d %H:%M')}; CPU probe {cpu_probe():.0f} ms (lower is faster)")
+          f"{time.strftime('%Y-%m-%d %H:%M')}; {probe_note()}")
     processes.start("setup", ["setup"], log_dir=log_dir, ready_path=None).proc.wait(120)
     env = {**SHOP_RATE_LIMIT, **({} if args.embedded_relay else {"OUTBOX_RELAY_ENABLED": "false"})}
     gateways = [processes.start(f"gateway-{n}", ["gateway"], port=processes.free_port(), log_dir=log_dir, env=env)

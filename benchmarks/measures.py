@@ -46,6 +46,11 @@ def cpu_probe(rounds: int = 3) -> float:
     return best * 1000
 
 
+def probe_note() -> str:
+    """The CPU probe as a report's header states it."""
+    return f"CPU probe {cpu_probe():.0f} ms (lower is faster)"
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) jiffies of the whole machine so far (Linux /proc/stat)."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]

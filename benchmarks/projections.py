@@ -23,7 +23,7 @@ from typing import Any
 
 from app.operations import processes
 from benchmarks.baselines import Baselines
-from benchmarks.measures import BusyMeter, cpu_by_role, cpu_probe, cpu_seconds, fmt, process_cpu, py_spy, rate
+from benchmarks.measures import BusyMeter, cpu_by_role, cpu_seconds, fmt, probe_note, process_cpu, py_spy, rate
 from benchmarks.projection_checks import Checks
 from benchmarks.projection_cleanup import Cleanup
 from benchmarks.projection_report import Report
@@ -309,8 +309,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def print_run_header(bench: Bench, argv: list[str] | None) -> None:
     """The machine, the run's isolated names and the command line, so a report can be read on its own."""
     load = os.getloadavg()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load[0]:.2f} at start, CPU probe "
-          f"{cpu_probe():.0f} ms (lower is faster); every "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load[0]:.2f} at start, "
+          f"{probe_note()}; every "
           f"server of the stack on the same machine; run {bench.iso.run} (topics {bench.iso.prefix}*, MongoDB "
           f"{bench.settings.mongo_database}, Redis db 1, alias {bench.settings.es_products_alias})")
     print(f"command: python -m benchmarks.projections {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())

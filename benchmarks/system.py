@@ -29,7 +29,7 @@ from app.operations import processes
 from app.settings import Settings, get_settings
 from agents.projections import PROJECTIONS
 from benchmarks.loadgen import SHOP_RATE_LIMIT
-from benchmarks.measures import cpu_by_role, cpu_probe, process_cpu, py_spy
+from benchmarks.measures import cpu_by_role, probe_note, process_cpu, py_spy
 from benchmarks.projection_cleanup import Cleanup
 from benchmarks.projection_run import Isolation
 from benchmarks.system_client import LeanHttp, Shop, Tally, offer, percentile
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     run = SystemRun(get_settings(), Path(tempfile.mkdtemp(prefix="bench-system-")))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; gateway (relay inside), query API and one "
           f"worker per projection on the same machine as every server; logs in {run.log_dir}; "
-          f"{time.strftime('%Y-%m-%d %H:%M')}; CPU probe {cpu_probe():.0f} ms (lower is faster)")
+          f"{time.strftime('%Y-%m-%d %H:%M')}; {probe_note()}")
     rows = []
     try:
         gateway, query = run.start()

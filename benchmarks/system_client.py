@@ -80,13 +80,16 @@ class Tally:
 
     commands: list[float] = field(default_factory=list)
     accepted: list[float] = field(default_factory=list)
-    refused: list[float] = field(default_factory=list)  # 503 answers: how soon a shed request was told
+    refused: list[float] = field(default_factory=list)  # 503 answers: how soon each shed request was told
     queries: list[float] = field(default_factory=list)
     visible: dict[str, list[float]] = field(default_factory=lambda: {"order view": [], "history": [], "search": []})
     statuses: Counter = field(default_factory=Counter)
     orders: int = 0
-    shed: int = 0
     never_visible: Counter = field(default_factory=Counter)  # followed writes not seen within 10 s, by kind
+
+    @property
+    def shed(self) -> int:
+        return len(self.refused)
 
     @property
     def errors(self) -> int:
@@ -132,7 +135,6 @@ async def timed(tally: Tally, kind: str, call) -> tuple[int, bytes]:
     if kind != "query" and status not in (0, 503):
         tally.accepted.append(took)
     tally.statuses[status] += 1
-    tally.shed += status == 503
     if status == 503:
         tally.refused.append(took)
     return status, body
