@@ -103,9 +103,14 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(64, ge=1, le=100_000, description=(
         "The most requests under /api/ a process handles at once before it answers 503 overloaded (with "
         "Retry-After); how many it takes below that follows ADMISSION_TARGET_MS."))
-    admission_target_ms: int = Field(0, ge=0, le=60_000, description=(
-        "The time an admitted request should take: slower answers lower the number admitted at once, "
-        "quicker ones raise it again (up to MAX_IN_FLIGHT). 0 (the default): a fixed MAX_IN_FLIGHT."))
+    admission_target_ms: int = Field(50, ge=0, le=60_000, description=(
+        "The time an admitted request should take: slower answers while the process is short of CPU (its "
+        "event loop late) lower the number admitted at once, quicker ones raise it again (up to "
+        "MAX_IN_FLIGHT). Slow answers of a slow store do not lower it. 0: a fixed MAX_IN_FLIGHT."))
+    admission_busy_cores: float = Field(0.25, ge=0, le=64, description=(
+        "Slow answers lower the admission limit only while the process itself uses at least this many cores "
+        "(over the latest second) and its event loop runs late: then admitting fewer relieves it. A loop late "
+        "in a process doing little is a machine busy with other work, which shedding here would not relieve."))
     admission_floor: int = Field(4, ge=1, le=100_000, description=(
         "The fewest requests admitted at once however slow answers get (capped by MAX_IN_FLIGHT)."))
     admission_wait_ms: int = Field(20, ge=0, le=1000, description=(

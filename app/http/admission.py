@@ -20,19 +20,22 @@ Guarantees:
 
 How many at once adapts (LatencyLimit): MAX_IN_FLIGHT is the ceiling, and the number of slots follows
 how long admitted requests take to be answered, additive increase while they are answered within
-ADMISSION_TARGET_MS, multiplicative decrease (at most once per target interval) when they are not,
-never below ADMISSION_FLOOR. A fixed bound cannot know the CPU the process will get: on a machine whose
-cores every server shares, 64 requests in flight meant ~1.7 s for an admitted command under overload,
-8 meant 0.44 s (bench-system). The time counted is the process's own: from admission, or from the end
-of the request body if that came later (a slow upload is the client's time), to the start of the
-answer; a read that asks to wait for its own write (a consistency token or `min_version`) waits by
-request and is not counted.
+ADMISSION_TARGET_MS, multiplicative decrease (at most once per target interval) when they are not while
+the process is short of CPU (app/http/cpu_pressure.py), never below ADMISSION_FLOOR. A fixed bound
+cannot know the CPU the process will get: on a machine whose cores every server shares, 64 requests in
+flight meant ~1.7 s for an admitted command under overload, 8 meant 0.44 s (bench-system). The time
+counted is the process's own: from admission, or from the end of the request body if that came later (a
+slow upload is the client's time), to the start of the answer; a read that asks to wait for its own
+write (a consistency token or `min_version`) waits by request and is not counted.
 
-Defaults (app/settings.py): 64 in flight at most keep the CPU busy while most requests wait on a store.
-Adapting is off by default (ADMISSION_TARGET_MS 0): a 50 ms target kept admitted commands under 250 ms
-at the 99th percentile under twice the capacity (bench-system), but it also shed commands during the
-fault suite's outages at a rate far below capacity, some past five retries. A 20 ms wait for a slot
-absorbs a short burst and a shed request is still answered well within 50 ms.
+Short of CPU means the event loop runs late while the process itself keeps ADMISSION_BUSY_CORES busy.
+Slow answers while the loop keeps time wait on a store (down, or slow); slow answers in a process doing
+little come from a machine busy with other work. Admitting fewer relieves neither, so neither lowers
+the limit.
+
+Defaults (app/settings.py): at most 64 in flight keep the CPU busy while most requests wait on a store,
+and a 50 ms target bounds admitted commands' latency under twice the capacity (bench-system). A 20 ms
+wait for a slot absorbs a short burst; ADMISSION_TARGET_MS 0 fixes the limit at MAX_IN_FLIGHT.
 """
 from __future__ import annotations
 
@@ -46,11 +49,13 @@ from prometheus_client import Counter, Gauge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.http.errors import error_body
+from app.http.cpu_pressure import CpuPressure
 from domain.consistency import HEADER as CONSISTENCY_HEADER
 
 RETRY_AFTER_S = 1
 ADMITTED_PREFIX = "/api/"
 DECREASE = 0.75
+LATE_FRACTION = 0.5  # a loop late by half the target cannot answer within the target anyway
 WAITS_BY_REQUEST = (CONSISTENCY_HEADER.lower().encode(), b"min_version=")
 
 SHED = Counter("http_requests_shed_total", "API requests answered 503 overloaded without being handled",
@@ -64,10 +69,10 @@ LIMIT = Gauge("http_admission_limit", "API requests a process takes at once now 
 class LatencyLimit:
     """How many requests to admit at once: AIMD on the time admitted requests take. Each answer within
     `target_s` adds 1/limit (about one slot per `limit` quick answers); a slower one takes the limit down
-    by DECREASE, at most once per `target_s` so one burst of slow answers counts once. Whatever makes
-    answers slow (a queue here, or every process on shared cores), admitting fewer is what lowers the
-    work the machine is given: a slow answer with few requests in flight counts too (measured: keeping
-    only the busy ones doubled the accepted commands' 99th percentile under overload)."""
+    by DECREASE, at most once per `target_s` so one burst of slow answers counts once, and only while the
+    process is short of CPU (a queue here, or this process's work competing for shared cores). A slow answer with few
+    requests in flight counts too (measured: keeping only the busy ones doubled the accepted commands' 99th
+    percentile under overload)."""
 
     def __init__(self, ceiling: int, floor: int, target_s: float) -> None:
         self.ceiling, self.floor, self.target_s = ceiling, max(1, min(floor, ceiling)), target_s
@@ -78,10 +83,11 @@ class LatencyLimit:
     def current(self) -> int:
         return max(self.floor, int(self.value))
 
-    def observe(self, took_s: float, now: float) -> None:
+    def observe(self, took_s: float, now: float, *, short_of_cpu: bool) -> None:
+        """Count one answer that took `took_s`; a slow one lowers the limit only while short of CPU."""
         if took_s <= self.target_s:
             self.value = min(float(self.ceiling), self.value + 1 / self.value)
-        elif now >= self.calm_until:
+        elif short_of_cpu and now >= self.calm_until:
             self.value = max(float(self.floor), self.value * DECREASE)
             self.calm_until = now + self.target_s
 
@@ -158,12 +164,13 @@ class Admission:
     """Bound the `/api/` requests a process handles at once; answer the rest 503 overloaded, fast."""
 
     def __init__(self, app: ASGIApp, *, max_in_flight: int, wait_ms: int, service: str, target_ms: int = 0,
-                 floor: int = 4) -> None:
+                 floor: int = 4, busy_cores: float = 0.0) -> None:
         self.app = app
         self.slots = Slots(max_in_flight)
         # target_ms 0: a fixed limit of max_in_flight (LatencyLimit never moves without samples)
         self.limit = LatencyLimit(max_in_flight, floor, target_ms / 1000)
         self.adapts = target_ms > 0
+        self.pressure = CpuPressure(target_ms / 1000 * LATE_FRACTION, busy_cores, service)
         self.wait_s = wait_ms / 1000
         self.service = service
         self.shed = SHED.labels(service=service)
@@ -183,6 +190,8 @@ class Admission:
             await self._refuse(send)
             return
         self.in_flight.inc()
+        if self.adapts:
+            self.pressure.watch()
         own_time_from = time.monotonic()
         answered = 0.0
 
@@ -204,7 +213,8 @@ class Admission:
         finally:
             self.in_flight.dec()
             if self.adapts and answered and not waits_by_request(scope):
-                self.limit.observe(answered - own_time_from, answered)
+                self.limit.observe(answered - own_time_from, answered,
+                                   short_of_cpu=self.pressure.short_of_cpu(answered))
                 self.slots.limit = self.limit.current
                 self.limit_now.set(self.slots.limit)
             self.slots.release()

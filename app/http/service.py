@@ -56,7 +56,8 @@ def service_app(*, title: str, description: str, lifespan, settings: Settings, l
     # instead), then admission, then Starlette's routing, dependencies (identity, rate limit) and handlers:
     # a shed request never reaches them.
     app.add_middleware(Admission, max_in_flight=settings.max_in_flight, wait_ms=settings.admission_wait_ms,
-                       target_ms=settings.admission_target_ms, floor=settings.admission_floor, service=label)
+                       target_ms=settings.admission_target_ms, floor=settings.admission_floor,
+                       busy_cores=settings.admission_busy_cores, service=label)
     app.add_middleware(RouteLatency, histogram=latency, label=label)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app
