@@ -64,30 +64,27 @@ async def hold_together(client: httpx.AsyncClient, held: Held, keys: list[str], 
 BUSY_S = 0.06  # the loop blocked three times the lateness that counts at a 40 ms target
 
 
-def test_slow_answers_of_a_slow_store_do_not_lower_the_limit():
-    held, admission, _ = admitting(target_ms=40, floor=2)
-
+def assert_slow_answers_hold_the_limit(held: Held, admission: Admission, busy_s: float = 0.0) -> None:
+    """Three rounds of eight answers, each held 0.15 s (with the loop blocked `busy_s`): all admitted, and
+    the limit still 8."""
     async def scenario() -> None:
         async with asgi_client(admission) as client:
             for round_ in range(3):
-                assert await hold_together(client, held, [f"s{round_}-{i}" for i in range(8)], 0.15) == [200] * 8
-            assert admission.limit.current == 8
+                statuses = await hold_together(client, held, [f"s{round_}-{i}" for i in range(8)], 0.15, busy_s)
+                assert statuses == [200] * 8
+        assert admission.limit.current == 8
 
     run(scenario)
+
+
+def test_slow_answers_of_a_slow_store_do_not_lower_the_limit():
+    assert_slow_answers_hold_the_limit(*admitting(target_ms=40, floor=2)[:2])
 
 
 def test_slow_answers_in_a_process_doing_little_while_the_machine_is_busy_do_not_lower_the_limit():
     held, admission, _ = admitting(target_ms=40, floor=2, busy_cores=0.9)  # this process sleeps, it does not compute
-
-    async def scenario() -> None:
-        async with asgi_client(admission) as client:
-            for round_ in range(3):
-                statuses = await hold_together(client, held, [f"m{round_}-{i}" for i in range(8)], 0.15, BUSY_S)
-                assert statuses == [200] * 8
-            assert admission.pressure.late(time.monotonic())
-            assert admission.limit.current == 8
-
-    run(scenario)
+    assert_slow_answers_hold_the_limit(held, admission, BUSY_S)
+    assert admission.pressure.late(time.monotonic())
 
 
 def test_after_slow_answers_fewer_requests_are_admitted_at_once_and_quick_answers_restore_them():
@@ -192,13 +189,5 @@ def test_the_limit_in_force_is_a_metric():
     run(scenario)
 
 
-def test_by_default_the_limit_is_fixed_however_slow_answers_get():
-    held, admission, _ = admitting()
-
-    async def scenario() -> None:
-        async with asgi_client(admission) as client:
-            for round_ in range(3):
-                assert await hold_together(client, held, [f"s{round_}-{i}" for i in range(8)], 0.15) == [200] * 8
-        assert admission.limit.current == 8
-
-    run(scenario)
+def test_with_no_target_the_limit_is_fixed_however_slow_answers_get():
+    assert_slow_answers_hold_the_limit(*admitting(busy_cores=0.0)[:2], BUSY_S)
