@@ -70,9 +70,9 @@ class LatencyLimit:
     """How many requests to admit at once: AIMD on the time admitted requests take. Each answer within
     `target_s` adds 1/limit (about one slot per `limit` quick answers); a slower one takes the limit down
     by DECREASE, at most once per `target_s` so one burst of slow answers counts once, and only while the
-    process is short of CPU (a queue here, or this process's work competing for shared cores). A slow answer with few
-    requests in flight counts too (measured: keeping only the busy ones doubled the accepted commands' 99th
-    percentile under overload)."""
+    process is short of CPU (a queue here, or this process's work competing for shared cores). A slow
+    answer with few requests in flight counts too (measured: keeping only the busy ones doubled the
+    accepted commands' 99th percentile under overload)."""
 
     def __init__(self, ceiling: int, floor: int, target_s: float) -> None:
         self.ceiling, self.floor, self.target_s = ceiling, max(1, min(floor, ceiling)), target_s

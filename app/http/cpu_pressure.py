@@ -48,8 +48,9 @@ class CpuPressure:
         loop = asyncio.get_running_loop()
         if loop is not self.loop:
             self.loop = loop
-            self.window = (time.monotonic(), time.process_time())
-            self._schedule()
+            now = time.monotonic()
+            self.window = (now, time.process_time())
+            self._schedule(now)
 
     def late(self, now: float) -> bool:
         """Whether a timer ran more than `late_s` late within HOLD_S before `now` (time.monotonic)."""
@@ -58,9 +59,9 @@ class CpuPressure:
     def short_of_cpu(self, now: float) -> bool:
         return self.late(now) and self.share >= self.busy_cores
 
-    def _schedule(self) -> None:
+    def _schedule(self, now: float) -> None:
         assert self.loop is not None
-        self.due = time.monotonic() + TICK_S
+        self.due = now + TICK_S
         self.loop.call_later(TICK_S, self._tick, self.loop)
 
     def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -77,4 +78,4 @@ class CpuPressure:
             self.share = (cpu - cpu_then) / (now - since)
             self.share_gauge.set(self.share)
             self.window = (now, cpu)
-        self._schedule()
+        self._schedule(now)
