@@ -75,6 +75,12 @@ class Projection:
         """Persist changed states; returns {aggregate_id: error} for aggregates that could not be written."""
         raise NotImplementedError
 
+    def needs_write(self, stored: Any, state: Any) -> bool:
+        """Whether applying events to the `stored` state changed what the store keeps. When not, the events
+        count as applied (the progress tables keep their sequence) and nothing is written: the stored
+        `last_seq` then trails the tables, which `_admit` and `_incomplete` already allow for."""
+        return True
+
     async def target_serving(self, record: Any) -> None:
         """Write into the read-model version `record` (a ServingRecord) names as serving."""
 
@@ -246,6 +252,7 @@ class BatchProcessor:
         changed, applied = await self._apply(admitted, states, report)
         rewritten = self._add_rewrites(rewrite, states, changed, applied)
         report.rewritten = len(rewritten)
+        self._skip_unchanged(changed, states, rewrite)
         await self._write(changed, applied, report)
         self._record(applied, rewritten, states, report)
         if report.dead_lettered:
@@ -328,6 +335,13 @@ class BatchProcessor:
                 applied[agg] = stale
                 rewritten.add(agg)
         return rewritten
+
+    def _skip_unchanged(self, changed: dict[str, Any], states: Mapping[str, Any], rewrite: Mapping[str, Any]) -> None:
+        """Drops the writes that would change nothing the store keeps (an aggregate to write again whole is
+        always written)."""
+        for agg in [a for a, state in changed.items()
+                    if a not in rewrite and not self.projection.needs_write(states.get(a), state)]:
+            del changed[agg]
 
     async def _write(self, changed: dict[str, Any], applied: dict[str, list[Delivered]], report: BatchReport) -> None:
         """One write of every changed state; the events of aggregates the store rejected are dead-lettered

@@ -13,13 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch, BadRequestError, NotFoundError
-from elasticsearch.helpers import async_bulk
+from elasticsearch.helpers import async_bulk, async_scan
 
 from agents.engine import Projection
 from agents.search_bulk import DocumentsUnavailable, bulk_failures
 from agents.read_model_versions import ServingRecord
 from domain.read_models import PRODUCTS_ALIAS, PRODUCTS_MAPPING, products_index
-from domain.views import apply_product_event
+from domain.views import apply_product_event, search_document_changed
 
 OWNED_ELSEWHERE = ("purchase_count", "sales_version", "purchase_count_version")
 # How often the serving index makes writes searchable: a change is in search results at most this long
@@ -38,11 +38,34 @@ async def ensure_products_index(es: AsyncElasticsearch, alias: str = PRODUCTS_AL
         # has is a no-op.
         await es.indices.put_mapping(index=alias, properties=PRODUCTS_MAPPING["properties"])
         await es.indices.put_settings(index=alias, settings={"refresh_interval": SERVING_REFRESH})
+        await drop_stock_levels(es, alias)
         return alias
     index = products_index(alias, 1)
     await create_products_index(es, index)
     await es.indices.put_alias(index=index, name=alias)
     return alias
+
+
+async def drop_stock_levels(es: AsyncElasticsearch, alias: str) -> int:
+    """Removes the `stock` level that documents indexed by earlier releases carry: it is no longer kept up to
+    date (domain.read_models), so it must not stay behind, stale. Each such document is written again
+    without it, only if unchanged since it was read (`if_seq_no`): a document the live worker updates
+    meanwhile keeps its level until the next start. Idempotent, and one empty search once done. (The
+    local cluster has no update-by-query: its reindex and painless modules are left out.) Returns how
+    many documents it changed."""
+    actions = []
+    try:
+        async for hit in async_scan(es, index=alias, query={"query": {"exists": {"field": "stock"}}},
+                                    seq_no_primary_term=True):
+            actions.append({"_op_type": "index", "_index": hit["_index"], "_id": hit["_id"],
+                            "if_seq_no": hit["_seq_no"], "if_primary_term": hit["_primary_term"],
+                            "_source": {k: v for k, v in hit["_source"].items() if k != "stock"}})
+    except NotFoundError:
+        return 0
+    if not actions:
+        return 0
+    written, _ = await async_bulk(es, actions, raise_on_error=False, refresh=True)
+    return written
 
 
 async def create_products_index(es: AsyncElasticsearch, index: str, refresh_interval: str = SERVING_REFRESH) -> None:
@@ -100,6 +123,9 @@ class ProductSearch(Projection):
 
     def apply(self, state: Any, event: Mapping[str, Any], refs: Any) -> Any:
         return apply_product_event(state, event)
+
+    def needs_write(self, stored: Any, state: Any) -> bool:
+        return search_document_changed(stored, state)
 
     async def write(self, changed: dict[str, Any]) -> dict[str, str]:
         actions = []

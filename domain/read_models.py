@@ -25,7 +25,10 @@ sales version never overwrites one from a newer.
 
 Elasticsearch: PRODUCTS_ALIAS `products` -> a versioned index `products-v<N>`, documents `_id` =
 product id: {product_id, name, category, subcategory, description, tags, price (double), price_text,
-image_url, stock, in_stock, rating, review_count, purchase_count, created_at, updated_at, last_seq}.
+image_url, in_stock, rating, review_count, purchase_count, created_at, updated_at, last_seq}. Not the
+stock level: search finds, filters and shows whether a product is in stock, and writing the level on
+every order was most of the index's writes (indexes built before carry a `stock` field, which the
+workers remove when they start: agents.product_search.ensure_products_index).
 
 Redis:
 - SALES_PREFIX `sales:` hashes: `sales:day:<YYYY-MM-DD>` {orders, revenue_cents, hour:<HH>:orders,
@@ -139,7 +142,6 @@ PRODUCTS_MAPPING = {
         "price": {"type": "double"},
         "price_text": {"type": "keyword", "index": False},
         "image_url": {"type": "keyword", "index": False},
-        "stock": {"type": "integer"},
         "in_stock": {"type": "boolean"},
         "rating": {"type": "float"},
         "review_count": {"type": "integer"},

@@ -85,22 +85,36 @@ def order_summary(view: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def apply_product_event(doc: dict[str, Any] | None, event: Mapping[str, Any]) -> dict[str, Any]:
-    """The product search document after `event`."""
+    """The product search document after `event`. It carries what search finds, filters and shows: whether
+    the product is in stock, not the level, so a stock change that leaves it in stock changes nothing but
+    the document's `last_seq` (see `search_document_changed`)."""
     kind, p, at = event["event_type"], event["payload"], event["occurred_at"]
     if kind == "ProductCreated":
         doc = {"product_id": event["aggregate_id"], "rating": 0.0, "review_count": 0, "purchase_count": 0,
-               "created_at": _iso(at), **_details(p), "stock": p["stock"], "in_stock": p["stock"] > 0}
+               "created_at": _iso(at), **_details(p), "in_stock": p["stock"] > 0}
     elif doc is None:
         raise ValueError(f"{kind} for product {event['aggregate_id']} before ProductCreated")
     elif kind == "ProductUpdated":
         doc = {**doc, **_details(p)}
     elif kind == "StockChanged":
-        doc = {**doc, "stock": p["stock"], "in_stock": p["stock"] > 0}
+        if doc.get("in_stock") == (p["stock"] > 0):
+            return {**doc, "last_seq": event["sequence_number"]}
+        doc = {**doc, "in_stock": p["stock"] > 0}
     else:
         raise ValueError(f"unknown product event {kind}")
     doc["updated_at"] = _iso(at)
     doc["last_seq"] = event["sequence_number"]
     return doc
+
+
+def search_document_changed(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> bool:
+    """Whether the product search document must be written: anything but its `last_seq` differs. A stock
+    change that keeps the product in stock (most orders' only effect on search) is then not written, and
+    the engine's progress tables keep its sequence."""
+    if before is None:
+        return True
+    return any(before.get(k) != v for k, v in after.items() if k != "last_seq") or \
+        any(k not in after for k in before if k != "last_seq")
 
 
 def _details(p: Mapping[str, Any]) -> dict[str, Any]:

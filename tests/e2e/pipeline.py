@@ -334,13 +334,13 @@ def _search(found: Mismatches, search: dict, truth: dict) -> None:
             found.add("search", pid, "missing")
             continue
         product = truth.get("products", {}).get(pid)
-        got = (doc.get("stock"), doc.get("purchase_count"))
-        want = (available, truth["stats"][pid][0])
+        got = (doc.get("in_stock"), doc.get("purchase_count"))
+        want = (available > 0, truth["stats"][pid][0])
         if product is not None:
             got += (doc.get("name"), doc.get("price"))
             want += (product["name"], float(product["price"]))
         if got != want:
-            found.add("search", pid, f"(stock, purchase_count, name, price) {got} != {want}")
+            found.add("search", pid, f"(in_stock, purchase_count, name, price) {got} != {want}")
 
 
 def _ledgers(found: Mismatches, ledgers: dict[str, dict], orders: dict) -> None:

@@ -92,7 +92,7 @@ def test_order_lifecycle_reaches_every_read_model(workers, client, read_db, sett
     es = elasticsearch.es_client(settings)
     before = _sales_day(settings)
     customer = create_customer(client, name="Ada Lovelace")
-    headphones = create_product(client, price="79.99", stock=5, name="Wireless Headphones", category="Electronics",
+    headphones = create_product(client, price="79.99", stock=1, name="Wireless Headphones", category="Electronics",
                                 tags=["wireless", "audio"], image_url="https://img.example/p200.png")
     cable = create_product(client, price="5.00", stock=10, name="USB Cable", category="Electronics")
     order = create_order(client, customer, [(headphones, 1), (cable, 2)])["order_id"]
@@ -112,10 +112,10 @@ def test_order_lifecycle_reaches_every_read_model(workers, client, read_db, sett
                          .get("status") == "shipped" and read_db[serving_order_collections(read_db).history].find_one({"_id": entry_id}))
     assert (history["customer_id"], history["order_id"], history["total"]) == (customer, order, "94.99")
 
-    doc = wait_until("indexed product with stock after reservation", lambda: (
-        es.options(ignore_status=404).get(index=PRODUCTS_ALIAS, id=headphones).get("_source") or {}).get("stock") == 4
-        and es.get(index=PRODUCTS_ALIAS, id=headphones)["_source"])
-    assert doc["name"] == "Wireless Headphones" and doc["in_stock"] is True and doc["price"] == 79.99
+    doc = wait_until("indexed product out of stock after the last one was reserved", lambda: (
+        es.options(ignore_status=404).get(index=PRODUCTS_ALIAS, id=headphones).get("_source") or {}).get("in_stock")
+        is False and es.get(index=PRODUCTS_ALIAS, id=headphones)["_source"])
+    assert doc["name"] == "Wireless Headphones" and doc["price"] == 79.99 and "stock" not in doc
 
     stats = wait_until("product stats", lambda: read_db[serving_record(read_db, "sales-stats").product_stats].find_one({"_id": cable, "units_sold": 3}))
     assert stats["purchase_count"] == 1

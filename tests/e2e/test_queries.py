@@ -72,7 +72,7 @@ def product(pid: str, name: str, category: str, price: float, *, tags: list[str]
             purchases: int, day: int, stock: int = 10) -> dict[str, Any]:
     return {"product_id": pid, "name": name, "category": category, "subcategory": None, "description": description,
             "tags": tags, "price": price, "price_text": f"{price:.2f}", "image_url": f"https://img.example/{pid}.jpg",
-            "stock": stock, "in_stock": stock > 0, "rating": rating, "review_count": purchases // 10,
+            "in_stock": stock > 0, "rating": rating, "review_count": purchases // 10,
             "purchase_count": purchases, "created_at": iso_ms(at(day)), "updated_at": iso_ms(at(day)),
             "last_seq": 1}
 

@@ -9,8 +9,9 @@ import psycopg
 import pytest
 from pymongo import ReplaceOne
 
-from agents.product_search import SERVING_REFRESH, ensure_products_index
+from agents.product_search import SERVING_REFRESH, drop_stock_levels, ensure_products_index
 from connectors import elasticsearch, mongo, postgres, redis
+from domain.read_models import PRODUCTS_MAPPING
 
 
 def test_postgres_rolled_back_transaction_leaves_nothing(stack):
@@ -109,3 +110,28 @@ def test_the_serving_products_index_refreshes_at_this_releases_interval(stack):
             await es.close()
 
     assert asyncio.run(ensure_both()) == [SERVING_REFRESH, SERVING_REFRESH]
+
+
+def test_an_index_from_an_earlier_release_loses_its_stale_stock_levels(stack):
+    """Search documents no longer carry the stock level (only `in_stock`); an index built before keeps a
+    `stock` field nobody updates, so ensuring the index removes it and leaves everything else as it was."""
+    alias = f"products-stock-{uuid.uuid4().hex[:8]}"
+    index = f"{alias}-v1"
+
+    async def ensure_twice() -> tuple[dict, dict, int]:
+        es = elasticsearch.async_es_client(stack)
+        try:
+            earlier = {**PRODUCTS_MAPPING, "properties": {**PRODUCTS_MAPPING["properties"], "stock": {"type": "integer"}}}
+            await es.indices.create(index=index, mappings=earlier, aliases={alias: {}})
+            await es.index(index=index, id="old", document={"product_id": "old", "stock": 3, "in_stock": True})
+            await es.index(index=index, id="new", document={"product_id": "new", "in_stock": False}, refresh=True)
+            assert await ensure_products_index(es, alias) == alias
+            old, new = [(await es.get(index=alias, id=i))["_source"] for i in ("old", "new")]
+            return old, new, await drop_stock_levels(es, alias)
+        finally:
+            await es.indices.delete(index=index, ignore_unavailable=True)
+            await es.close()
+
+    old, new, again = asyncio.run(ensure_twice())
+    assert old == {"product_id": "old", "in_stock": True} and new == {"product_id": "new", "in_stock": False}
+    assert again == 0

@@ -110,6 +110,45 @@ def test_a_redelivery_whose_stored_state_is_ahead_of_lost_progress_rewrites_that
     assert report.rewritten == 1 and not processor(TwoDocuments(views, history), progress).held_floor
 
 
+class StatusOnly(TwoDocuments):
+    """Keeps only the status: an event that leaves it as it was changes nothing stored (like a stock change
+    that keeps a product in stock for the search index)."""
+
+    writes = 0
+
+    def needs_write(self, stored: Any, state: Any) -> bool:
+        return stored is None or stored["status"] != state["status"]
+
+    async def write(self, changed: dict[str, Any]) -> dict[str, str]:
+        self.writes += 1
+        return await super().write(changed)
+
+
+def test_an_event_that_changes_nothing_stored_is_applied_without_a_write():
+    views, history, progress = {}, {}, MemoryProgress()
+    projection = StatusOnly(views, history)
+    run(processor(projection, progress).process([record("o1", 1, "pending", 0)]))
+    report = run(processor(projection, progress).process([record("o1", 2, "pending", 1)]))
+    assert (report.applied, projection.writes, views["o1"]["seq"], progress.last("o1")) == (1, 1, 1, 2)
+
+    # the stored sequence trails the progress tables: the next event is next, not after a gap
+    again = run(processor(projection, progress).process([record("o1", 2, "pending", 1), record("o1", 3, "shipped", 2)]))
+    assert (again.duplicates, again.applied, again.dead_lettered) == (1, 1, 0)
+    assert views["o1"] == history["o1"] == {"seq": 3, "status": "shipped"} and projection.writes == 2
+
+
+def test_unwritten_events_are_applied_again_when_the_progress_tables_are_lost():
+    """A new consumer group over the same store: the events not written since its stored sequence are
+    applied again, in order, and only a change is written."""
+    views = {"o1": {"seq": 1, "status": "pending"}}
+    history = dict(views)
+    projection = StatusOnly(views, history)
+    report = run(processor(projection, MemoryProgress()).process(
+        [record("o1", 2, "pending", 1), record("o1", 3, "pending", 2), record("o1", 4, "cancelled", 3)]))
+    assert (report.applied, report.rewritten, projection.writes) == (3, 0, 1)
+    assert views["o1"] == {"seq": 4, "status": "cancelled"}
+
+
 class Flaky:
     """Fails `times` times with `error`, then answers."""
 

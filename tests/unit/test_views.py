@@ -35,6 +35,7 @@ from domain.views import (
     money_str,
     order_summary,
     sales_contributions,
+    search_document_changed,
 )
 
 COPIED_BY_SALES = {"sales_version", "purchase_count_version"}   # written only with the sales projection's purchase-count copies
@@ -329,7 +330,7 @@ def test_product_created_document():
     doc = apply_product_event(None, envelope(created, T0))
     assert doc == {"product_id": "p-1", "name": "Widget", "category": "Tools", "subcategory": "Hand tools",
                    "description": "A widget", "tags": ["metal", "small"], "price": 19.99, "price_text": "19.99",
-                   "image_url": "https://img.example/w.png", "stock": 2, "in_stock": True, "rating": 0.0,
+                   "image_url": "https://img.example/w.png", "in_stock": True, "rating": 0.0,
                    "review_count": 0, "purchase_count": 0, "created_at": "2024-03-09T22:15:00Z",
                    "updated_at": "2024-03-09T22:15:00Z", "last_seq": 1}
     assert isinstance(doc["price"], float)
@@ -339,7 +340,7 @@ def test_product_created_document():
 def test_product_created_with_zero_stock_is_out_of_stock():
     _, created = create_product("p-2", name="Empty", category="c", price=Decimal("1.50"), stock=0)
     doc = apply_product_event(None, envelope(created, T0))
-    assert doc["stock"] == 0 and doc["in_stock"] is False
+    assert "stock" not in doc and doc["in_stock"] is False
     assert doc["subcategory"] is None and doc["image_url"] is None and doc["tags"] == []
     assert doc["price"] == 1.5 and doc["price_text"] == "1.50"
 
@@ -359,19 +360,32 @@ def test_product_updated_replaces_details_and_keeps_stock_and_counters():
     assert set(updated) == set(PRODUCTS_MAPPING["properties"]) - COPIED_BY_SALES
 
 
-def test_stock_changes_flip_in_stock_at_zero():
+def test_stock_changes_flip_in_stock_at_zero_and_change_nothing_else():
     product, created = product_events()
     doc = apply_product_event(None, envelope(created, T0))
     seen = []
-    for delta in (-1, -1, 3, -3):
+    for delta in (-1, -1, 3, -3, 5, -1):
         at = T0 + timedelta(minutes=len(seen) + 1)
         product, (event,) = update_product(product, stock=product.stock + delta)
         assert event.event_type == "StockChanged" and event.payload["delta"] == delta
-        doc = apply_product_event(doc, envelope(event, at))
-        seen.append((doc["stock"], doc["in_stock"], doc["last_seq"]))
-    assert seen == [(1, True, 2), (0, False, 3), (3, True, 4), (0, False, 5)]
-    assert doc["name"] == "Widget" and doc["price_text"] == "19.99"
-    assert doc["updated_at"] == "2024-03-09T22:19:00Z" and doc["created_at"] == "2024-03-09T22:15:00Z"
+        before, doc = doc, apply_product_event(doc, envelope(event, at))
+        seen.append((doc["in_stock"], doc["updated_at"][11:16], doc["last_seq"], search_document_changed(before, doc)))
+    # 2 -> 1 -> 0 -> 3 -> 0 -> 5 -> 4: only the flips change the document (and its updated_at)
+    assert seen == [(True, "22:15", 2, False), (False, "22:17", 3, True), (True, "22:18", 4, True),
+                    (False, "22:19", 5, True), (True, "22:20", 6, True), (True, "22:20", 7, False)]
+    assert doc["name"] == "Widget" and doc["price_text"] == "19.99" and "stock" not in doc
+    assert doc["created_at"] == "2024-03-09T22:15:00Z"
+
+
+def test_a_search_document_is_written_when_anything_but_its_sequence_changed():
+    product, created = product_events()
+    doc = apply_product_event(None, envelope(created, T0))
+    assert search_document_changed(None, doc)
+    assert not search_document_changed(doc, {**doc, "last_seq": 9})
+    assert search_document_changed(doc, {**doc, "price": 1.0})
+    assert search_document_changed({**doc, "stock": 3}, doc)  # an earlier release's field, gone
+    _, events = update_product(product, name="Widget Pro")
+    assert search_document_changed(doc, apply_product_event(doc, envelope(events[0], T0)))
 
 
 def test_stock_changed_from_the_aggregate_drives_the_document():
@@ -379,7 +393,7 @@ def test_stock_changed_from_the_aggregate_drives_the_document():
     _, stock_events = update_product(product, stock=0)
     doc = apply_product_event(None, envelope(created, T0))
     doc = apply_product_event(doc, envelope(stock_events[0], T0))
-    assert (doc["stock"], doc["in_stock"], doc["last_seq"]) == (0, False, 2)
+    assert (doc["in_stock"], doc["last_seq"]) == (False, 2)
 
 
 @pytest.mark.parametrize("kind", ["ProductUpdated", "StockChanged"])
