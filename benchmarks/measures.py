@@ -116,10 +116,14 @@ class BusyMeter:
         return 100.0 * (busy - self.start[0]) / max(1, total - self.start[1])
 
 
+PY_SPY = Path(sys.executable).parent / "py-spy"
+PY_SPY_MISSING = f"--profile needs py-spy, which is not installed in this environment ({PY_SPY}): pip install '.[profile]'"
+
+
 def py_spy(pid: int, output: Path, log: Path, duration_s: float | None = None) -> subprocess.Popen:
     """py-spy (sampling from outside, 200 Hz) on one process, collapsed stacks into `output`; until the
     process exits, or for `duration_s`."""
-    cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--rate", "200",
+    cmd = [str(PY_SPY), "record", "--pid", str(pid), "--rate", "200",
            "--format", "raw", "--nonblocking", "--output", str(output)]
     if duration_s is not None:
         cmd += ["--duration", str(max(1, round(duration_s)))]

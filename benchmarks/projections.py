@@ -23,7 +23,8 @@ from typing import Any
 
 from app.operations import processes
 from benchmarks.baselines import Baselines
-from benchmarks.measures import BusyMeter, cpu_by_role, cpu_seconds, fmt, probe_note, process_cpu, py_spy, rate
+from benchmarks.measures import (PY_SPY, PY_SPY_MISSING, BusyMeter, cpu_by_role, cpu_seconds, fmt, probe_note,
+                                 process_cpu, py_spy, rate)
 from benchmarks.projection_checks import Checks
 from benchmarks.projection_cleanup import Cleanup
 from benchmarks.projection_report import Report
@@ -303,6 +304,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.events < 1000:
         parser.error("--events must be at least 1000")
+    if args.profile and not PY_SPY.exists():
+        parser.error(PY_SPY_MISSING)
     return args
 
 

@@ -29,7 +29,7 @@ from app.operations import processes
 from app.settings import Settings, get_settings
 from agents.projections import PROJECTIONS
 from benchmarks.loadgen import SHOP_RATE_LIMIT
-from benchmarks.measures import cpu_by_role, probe_note, process_cpu, py_spy
+from benchmarks.measures import PY_SPY, PY_SPY_MISSING, cpu_by_role, probe_note, process_cpu, py_spy
 from benchmarks.projection_cleanup import Cleanup
 from benchmarks.projection_run import Isolation
 from benchmarks.system_client import LeanHttp, Shop, Tally, offer, percentile
@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="record the project's processes with py-spy during each step into "
                              "DIR/<rate>-<process>.txt (collapsed stacks)")
     args = parser.parse_args(argv)
+    if args.profile and not PY_SPY.exists():
+        parser.error(PY_SPY_MISSING)
     run = SystemRun(get_settings(), Path(tempfile.mkdtemp(prefix="bench-system-")))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; gateway (relay inside), query API and one "
           f"worker per projection on the same machine as every server; logs in {run.log_dir}; "
