@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 CHAOS_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help venv stack-up stack-down stack-status stack-logs demo smoke test test-unit lag schemas-check k8s-validate monitoring-check bench-commands bench-projections bench-rebuild bench-ryw bench-outbox bench-system chaos clean
+.PHONY: help venv stack-up stack-down stack-status stack-logs demo smoke test test-unit lag schemas-check k8s-validate monitoring-check bench-commands bench-projections bench-rebuild bench-ryw bench-outbox bench-system bench-queries chaos clean
 
 help:
 	@echo "make demo         bring the local stack up and play the story through gateway, query API and workers"
@@ -80,6 +80,9 @@ bench-outbox: venv stack-up
 
 bench-system: venv stack-up
 	$(BIN)/python -m benchmarks.system $(BENCH_ARGS)
+
+bench-queries: venv stack-up
+	$(BIN)/python -m benchmarks.queries $(BENCH_ARGS)
 
 chaos: venv stack-up
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
