@@ -23,10 +23,11 @@ from domain.views import apply_product_event, search_document_changed
 
 OWNED_ELSEWHERE = ("purchase_count", "sales_version", "purchase_count_version")
 # How often the serving index makes writes searchable: a change is in search results at most this long
-# after the worker wrote it. With 1 s, search could not be visible within 1 s at the 99th percentile
-# (make bench-system: 1.23-1.48 s, against 0.93 s with 500 ms, for ~2 ms more Elasticsearch CPU per order
-# at 25 orders/s; the refresh is a cost per second, not per write).
-SERVING_REFRESH = "500ms"
+# after the worker wrote it. A refresh costs only when writes came in since the last one, and since the
+# documents stopped carrying stock levels few do (make bench-system at 25 orders/s: search visible p50
+# 516-547 ms with 250 ms against 681-686 ms with 500 ms, Elasticsearch 4.5-5.0 ms of CPU per order with
+# either; with 1 s, before, search could not be visible within 1 s at the 99th percentile).
+SERVING_REFRESH = "250ms"
 
 
 async def ensure_products_index(es: AsyncElasticsearch, alias: str = PRODUCTS_ALIAS) -> str:
