@@ -124,7 +124,7 @@ class SinkCeilings:
                     for k in range(BATCH):
                         doc = numbered_copy(products, i, k, "product")
                         pid = doc.pop("_id")
-                        doc.update(product_id=pid, stock=stock, in_stock=stock > 0)
+                        doc.update(product_id=pid, in_stock=stock > 0, updated_at=f"2024-01-01T00:00:{stock % 60:02d}Z")
                         actions.append({"_op_type": "update", "_index": index, "_id": pid, "retry_on_conflict": 3,
                                         "doc": {k2: v for k2, v in doc.items() if k2 != "purchase_count"},
                                         "upsert": doc})
