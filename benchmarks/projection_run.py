@@ -49,7 +49,6 @@ class Loaded:
     products_in_orders: int
     seconds: float
     searched: dict[str, dict]  # the search documents the product events imply, each at its last change
-    product_last_seq: dict[str, int]  # each product's last event
 
 
 @dataclass

@@ -112,11 +112,9 @@ class Bench(Baselines, SinkCeilings, Checks, Report, Cleanup):
         statuses: dict[str, bool] = {}
         products: set[str] = set()
         searched: dict[str, dict] = {}  # the search documents as stored: a write only when one changes
-        last_seq: dict[str, int] = {}
         for e in stream.events:
             kind, p = e.envelope["event_type"], e.envelope["payload"][1]
             if e.topic == "product-events":
-                last_seq[e.key] = e.envelope["sequence_number"]
                 before = searched.get(e.key)
                 after = apply_product_event(before, {**e.envelope, "payload": p})
                 searched[e.key] = after if search_document_changed(before, after) else before
@@ -134,7 +132,7 @@ class Bench(Baselines, SinkCeilings, Checks, Report, Cleanup):
                                for t, n in sorted(stream.per_topic.items())))
         print("  " + ", ".join(f"{k} {fmt(v)}" for k, v in stream.counts.most_common()))
         return Loaded(stream.per_topic, stream.aggregates, stream.counts, sum(statuses.values()), len(products),
-                      seconds, searched, last_seq)
+                      seconds, searched)
 
     def end_offsets(self, topics: Iterable[str]) -> dict[str, dict[int, int]]:
         from confluent_kafka import Consumer, TopicPartition

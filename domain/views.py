@@ -86,8 +86,9 @@ def order_summary(view: Mapping[str, Any]) -> dict[str, Any]:
 
 def apply_product_event(doc: dict[str, Any] | None, event: Mapping[str, Any]) -> dict[str, Any]:
     """The product search document after `event`. It carries what search finds, filters and shows: whether
-    the product is in stock, not the level, so a stock change that leaves it in stock changes nothing but
-    the document's `last_seq` (see `search_document_changed`)."""
+    the product is in stock, not the level, so a stock change that leaves it in stock changes nothing, not
+    even `last_seq`, which is therefore the sequence of the document's last change however the events were
+    batched (see `search_document_changed`)."""
     kind, p, at = event["event_type"], event["payload"], event["occurred_at"]
     if kind == "ProductCreated":
         doc = {"product_id": event["aggregate_id"], "rating": 0.0, "review_count": 0, "purchase_count": 0,
@@ -98,7 +99,7 @@ def apply_product_event(doc: dict[str, Any] | None, event: Mapping[str, Any]) ->
         doc = {**doc, **_details(p)}
     elif kind == "StockChanged":
         if doc.get("in_stock") == (p["stock"] > 0):
-            return {**doc, "last_seq": event["sequence_number"]}
+            return dict(doc)
         doc = {**doc, "in_stock": p["stock"] > 0}
     else:
         raise ValueError(f"unknown product event {kind}")
@@ -108,13 +109,10 @@ def apply_product_event(doc: dict[str, Any] | None, event: Mapping[str, Any]) ->
 
 
 def search_document_changed(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> bool:
-    """Whether the product search document must be written: anything but its `last_seq` differs. A stock
-    change that keeps the product in stock (most orders' only effect on search) is then not written, and
-    the engine's progress tables keep its sequence."""
-    if before is None:
-        return True
-    return any(before.get(k) != v for k, v in after.items() if k != "last_seq") or \
-        any(k not in after for k in before if k != "last_seq")
+    """Whether the product search document must be written: it differs from the stored one. A stock change
+    that keeps the product in stock (most orders' only effect on search) is then not written, and the
+    engine's progress tables keep its sequence."""
+    return before is None or dict(before) != dict(after)
 
 
 def _details(p: Mapping[str, Any]) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def test_a_read_with_the_command_token_shows_the_new_state_every_time(isolated, 
             assert read.status_code == 200 and (body["status"], body["last_seq"]) == want, (i, body)
             sources[body["freshness"]] = sources.get(body["freshness"], 0) + 1
             if i % 50 == 1:  # the customer's history, with the same token, lists the order in its new state
-                history = q.get(f"/api/customers/{customer}/orders", params={"size": 100},
+                history = q.get(f"/api/customers/{customer}/orders", params={"size": 100, "wait_ms": 2000},
                                 headers={"Consistency-Token": placed.headers["Consistency-Token"]}).json()
                 entry = next(o for o in history["orders"] if o["order_id"] == order)
                 assert entry["status"] == "shipped" and history["freshness"] in ("current", "lagging"), history
