@@ -8,10 +8,11 @@ contribution and adds the new one, atomically. Counters are therefore sums of cu
 contributions: a redelivered or replayed event finds the ledger already past it and changes nothing.
 Product figures are then copied as absolute values (with a version that only grows) into MongoDB
 and Elasticsearch. A product leaves the dirty set only once MongoDB is read back at the version that
-was copied, the search index at the count that was copied, and that version is still the newest in
-Redis (one atomic check), so neither a concurrent
-batch of another worker nor a lost concurrent update in the read store can leave an old copy behind:
-the product stays dirty and is copied again on the next batch or tick.
+was copied (the local read store can lose one of two concurrent conditional updates), the search index
+has taken the copy as a compare-and-set on the document's sequence number, and that version is still
+the newest in Redis (one atomic check), so neither a concurrent batch of another worker nor a lost
+concurrent update in the read store can leave an old copy behind: the product stays dirty and is copied
+again on the next batch or tick.
 
 Versions (`cqrs rebuild sales-stats`): everything lives under one version's Redis prefix and product-stats
 collection, which the live worker points at the serving version before each batch and tick. Purchase
@@ -184,7 +185,10 @@ class SalesStats(Projection):
         compare-and-set on the document's sequence number (no scripting needed), each only over a copy of
         an older sales version, or of this version at an older counter version: two workers copying one
         product never leave the older figure behind. Returns the products whose copy is not in place (not
-        indexed yet, a concurrent change, or a newer version's)."""
+        indexed yet, a concurrent change, or a newer version's). A copy the bulk answered without an error
+        is in place: it was written over exactly the state the mget saw, and nothing else writes these
+        fields except another such copy, which only raises them, so it is not read back (a realtime read
+        of a document just written makes Elasticsearch refresh the shard for it)."""
         fields = ["purchase_count", "sales_version", "purchase_count_version"]
         current = await self.es.mget(index=self.alias, ids=list(counts), source_includes=fields)
         pending: set[str] = set()
@@ -211,11 +215,6 @@ class SalesStats(Projection):
                 pid, error = next(iter(rejected.items()))
                 raise RuntimeError(f"search index rejected {len(rejected)} purchase count(s), {pid}'s: {error}")
             pending |= {bulk_item(error)["_id"] for error in errors}
-        copied = [pid for pid in counts if pid not in pending]
-        if copied:
-            indexed = await self.es.mget(index=self.alias, ids=copied, source_includes=fields)
-            pending |= {d["_id"] for d in indexed["docs"]
-                        if not d.get("found") or not self._holds(d["_source"], counts[d["_id"]][1])}
         return pending
 
     def _holds(self, source: Mapping[str, Any], version: int) -> bool:
