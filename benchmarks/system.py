@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-s", type=float, default=30.0)
     parser.add_argument("--customers", type=int, default=1000)
     parser.add_argument("--products", type=int, default=200)
-    parser.add_argument("--overload-s", type=float, default=30.0)
+    parser.add_argument("--overload-s", type=float, default=30.0, help="0 skips the overload step")
     parser.add_argument("--warmup-s", type=float, default=60.0,
                         help="mix offered at the first rate before the steps, not reported: Kafka, Elasticsearch "
                              "and the registry compile their hot paths in the first minutes after a start")
@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         capacity = max((r["offered"] for r in fit), default=0.0)
         print(f"\ncapacity: {capacity:g} orders/s (the highest step with command p99 <= 100 ms, visible p99 <= 1 s, "
               "no errors, nothing shed)")
-        overload(run, shop, gateway, query, 2 * max(capacity, rates[0]), args.overload_s)
+        if args.overload_s > 0:
+            overload(run, shop, gateway, query, 2 * max(capacity, rates[0]), args.overload_s)
     finally:
         run.stop_children()
         for problem in run.cleanup():
