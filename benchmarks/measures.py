@@ -58,8 +58,36 @@ def machine_busy() -> tuple[float, float]:
     return sum(values) - idle, sum(values)
 
 
-def process_cpu() -> dict[int, tuple[str, int, float]]:
-    """{pid: (command line, start time, user + system CPU seconds)} of every process (Linux /proc)."""
+JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")  # HotSpot's compiler threads (names cut at 15 bytes)
+JIT = ", JIT compiling"
+Snapshot = dict[int, tuple[str, int, float, float]]
+
+
+def _stat_cpu(stat: str, tick: int) -> float:
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / tick
+
+
+def jit_cpu(pid: int, tick: int) -> float:
+    """CPU seconds a JVM's compiler threads have spent. A JVM compiles its hot paths for many minutes after a
+    start (Elasticsearch's compiler threads took half its CPU 20 minutes in), so this part of a server's CPU
+    is reported apart: it is not a cost of each order once the server has run for a while."""
+    total = 0.0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                if (task / "comm").read_text().strip().startswith(JIT_THREADS):
+                    total += _stat_cpu((task / "stat").read_text(), tick)
+            except OSError:
+                continue
+    except OSError:
+        return 0.0
+    return total
+
+
+def process_cpu() -> Snapshot:
+    """{pid: (command line, start time, user + system CPU seconds, of which JVM compiler threads)} of every
+    process (Linux /proc)."""
     out = {}
     tick = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
@@ -70,19 +98,20 @@ def process_cpu() -> dict[int, tuple[str, int, float]]:
             cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        out[int(entry.name)] = (cmd or stat.split("(", 1)[1].rsplit(")", 1)[0], int(fields[19]),
-                                (int(fields[11]) + int(fields[12])) / tick)
+        name = stat.split("(", 1)[1].rsplit(")", 1)[0]
+        out[int(entry.name)] = (cmd or name, int(stat.rsplit(")", 1)[1].split()[19]), _stat_cpu(stat, tick),
+                                jit_cpu(int(entry.name), tick) if name == "java" else 0.0)
     return out
 
 
-def cpu_by_role(before: dict[int, tuple[str, int, float]], after: dict[int, tuple[str, int, float]],
-                own: dict[int, str]) -> dict[str, float]:
+def cpu_by_role(before: Snapshot, after: Snapshot, own: dict[int, str]) -> dict[str, float]:
     """CPU seconds spent between two snapshots, by what the process is (processes that ended in between
-    are not counted)."""
+    are not counted); a JVM's compiler threads count apart, as "<role>, JIT compiling"."""
     roles: Counter = Counter()
-    for pid, (cmd, started, cpu) in after.items():
-        spent = cpu - before[pid][2] if pid in before and before[pid][1] == started else cpu
+    for pid, (cmd, started, cpu, jit) in after.items():
+        same = pid in before and before[pid][1] == started
+        spent = cpu - before[pid][2] if same else cpu
+        compiling = jit - before[pid][3] if same else jit
         if pid in own:
             role = own[pid]
         elif pid == os.getpid():
@@ -103,7 +132,9 @@ def cpu_by_role(before: dict[int, tuple[str, int, float]], after: dict[int, tupl
             role = "Redis"
         else:
             role = "other processes (not this benchmark)"
-        roles[role] += spent
+        roles[role] += spent - compiling
+        if compiling:
+            roles[role + JIT] += compiling
     return dict(roles)
 
 
